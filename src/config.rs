@@ -1,0 +1,452 @@
+//! The configuration: embedded defaults, a TOML file, `SWITCHBOARD_*` environment
+//! variables and command-line flags, in that order of precedence (last wins).
+//!
+//! Every key is documented, with its default, in `config/switchboard.toml`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration of one Switchboard node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub session: SessionConfig,
+    pub ice: IceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the HTTP server (WHIP, WHEP, the page, metrics) listens on.
+    pub listen: SocketAddr,
+    /// Largest accepted request body (an SDP offer), in bytes.
+    pub max_body_bytes: usize,
+    /// Value of `Access-Control-Allow-Origin`.
+    pub cors_allow_origin: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Number of shards (media threads); 0 means one per core.
+    pub shards: usize,
+    /// IP addresses the media sockets bind to. Empty means the loopback and every
+    /// local interface address (IPv4 and non-link-local IPv6).
+    pub bind_ips: Vec<IpAddr>,
+    /// Lowest UDP port of the media range. Shard `i` uses port `udp_port_min + i`.
+    /// 0 lets the operating system choose (tests).
+    pub udp_port_min: u16,
+    /// Highest UDP port of the media range (inclusive).
+    pub udp_port_max: u16,
+    /// Public addresses announced to peers when the server sits behind a 1:1 NAT.
+    /// Each is announced as a server-reflexive candidate of every bound address.
+    pub public_ips: Vec<IpAddr>,
+    /// Bytes kept per video track so a new viewer starts at once (the packets
+    /// since the last keyframe). 0 disables the cache.
+    pub keyframe_cache_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session that has not connected, whose ICE or DTLS failed, or that has
+    /// received nothing for this long is ended and its resources freed.
+    #[serde(with = "duration_secs")]
+    pub reap_timeout: Duration,
+    /// Smallest interval between two keyframe requests sent to one publisher track.
+    #[serde(with = "duration_millis")]
+    pub keyframe_request_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IceConfig {
+    /// STUN/TURN servers advertised to WHIP/WHEP clients in `Link` headers.
+    pub servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp` or `turns:...`.
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+            cors_allow_origin: "*".to_string(),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            shards: 0,
+            bind_ips: Vec::new(),
+            udp_port_min: 50000,
+            udp_port_max: 50099,
+            public_ips: Vec::new(),
+            keyframe_cache_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            reap_timeout: Duration::from_secs(30),
+            keyframe_request_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            session: SessionConfig::default(),
+            ice: IceConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, naming the key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: everything on 127.0.0.1, ephemeral ports, two
+    /// shards, short timeouts.
+    pub fn for_tests() -> Self {
+        let mut config = Config::default();
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.media.shards = 2;
+        config.media.bind_ips = vec![IpAddr::from([127, 0, 0, 1])];
+        config.media.udp_port_min = 0;
+        config.media.udp_port_max = 0;
+        config.session.reap_timeout = Duration::from_secs(5);
+        config
+    }
+
+    /// Parses a TOML document; unknown keys and bad values are errors that name the key.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(&e)))?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Applies `SWITCHBOARD_SECTION_KEY` environment variables (e.g.
+    /// `SWITCHBOARD_HTTP_LISTEN=0.0.0.0:8080`) read through `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for key in ENV_KEYS {
+            let var = format!("SWITCHBOARD_{}", key.replace('.', "_").to_uppercase());
+            if let Some(value) = lookup(&var) {
+                self.set(key, &value).map_err(|e| match e {
+                    ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                        key: format!("{key} (from {var})"),
+                        message,
+                    },
+                    other => other,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key from its textual value (used by environment variables and flags).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            key: &str,
+            value: &str,
+            what: &str,
+        ) -> Result<T, ConfigError> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not {what}")))
+        }
+        fn list<T: std::str::FromStr>(
+            key: &str,
+            value: &str,
+            what: &str,
+        ) -> Result<Vec<T>, ConfigError> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| parse(key, s, what))
+                .collect()
+        }
+        match key {
+            "http.listen" => {
+                self.http.listen = parse(key, value, "an address like 127.0.0.1:8080")?
+            }
+            "http.max_body_bytes" => {
+                self.http.max_body_bytes = parse(key, value, "a number of bytes")?
+            }
+            "http.cors_allow_origin" => self.http.cors_allow_origin = value.to_string(),
+            "media.shards" => self.media.shards = parse(key, value, "a number of shards")?,
+            "media.bind_ips" => self.media.bind_ips = list(key, value, "an IP address")?,
+            "media.udp_port_min" => self.media.udp_port_min = parse(key, value, "a UDP port")?,
+            "media.udp_port_max" => self.media.udp_port_max = parse(key, value, "a UDP port")?,
+            "media.public_ips" => self.media.public_ips = list(key, value, "an IP address")?,
+            "media.keyframe_cache_bytes" => {
+                self.media.keyframe_cache_bytes = parse(key, value, "a number of bytes")?
+            }
+            "session.reap_timeout" => {
+                self.session.reap_timeout =
+                    Duration::from_secs(parse(key, value, "a number of seconds")?)
+            }
+            "session.keyframe_request_interval" => {
+                self.session.keyframe_request_interval =
+                    Duration::from_millis(parse(key, value, "a number of milliseconds")?)
+            }
+            _ => return Err(ConfigError::invalid(key, "unknown key")),
+        }
+        Ok(())
+    }
+
+    /// Checks what the types alone cannot: the port range against the shards, the
+    /// addresses against what can be bound and announced.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be at least 1024 bytes: real offers are up to ~14 kB",
+            ));
+        }
+        let shards = self.shard_count();
+        if self.media.udp_port_min != 0 {
+            if self.media.udp_port_max < self.media.udp_port_min {
+                return Err(ConfigError::invalid(
+                    "media.udp_port_max",
+                    format!(
+                        "{} is below media.udp_port_min ({})",
+                        self.media.udp_port_max, self.media.udp_port_min
+                    ),
+                ));
+            }
+            let ports = usize::from(self.media.udp_port_max - self.media.udp_port_min) + 1;
+            if ports < shards {
+                return Err(ConfigError::invalid(
+                    "media.udp_port_min",
+                    format!(
+                        "port range too small: {ports} port(s) for {shards} shard(s); each shard needs one port"
+                    ),
+                ));
+            }
+        }
+        for ip in &self.media.bind_ips {
+            if ip.is_unspecified() {
+                return Err(ConfigError::invalid(
+                    "media.bind_ips",
+                    format!("{ip} cannot be announced to peers; list the interface addresses, or leave empty for all"),
+                ));
+            }
+            if ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    "media.bind_ips",
+                    format!("{ip} is a multicast address"),
+                ));
+            }
+        }
+        for ip in &self.media.public_ips {
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+                return Err(ConfigError::invalid(
+                    "media.public_ips",
+                    format!("{ip} is not an address peers can reach"),
+                ));
+            }
+        }
+        for (i, server) in self.ice.servers.iter().enumerate() {
+            let scheme = server.url.split(':').next().unwrap_or_default();
+            if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
+                return Err(ConfigError::invalid(
+                    &format!("ice.servers[{i}].url"),
+                    format!(
+                        "`{}` must start with stun:, stuns:, turn: or turns:",
+                        server.url
+                    ),
+                ));
+            }
+        }
+        if self.session.reap_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "session.reap_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The number of shards to run: the configured number, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.media.shards > 0 {
+            self.media.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Keys that can be set from the environment, as `section.key`.
+const ENV_KEYS: &[&str] = &[
+    "http.listen",
+    "http.max_body_bytes",
+    "http.cors_allow_origin",
+    "media.shards",
+    "media.bind_ips",
+    "media.udp_port_min",
+    "media.udp_port_max",
+    "media.public_ips",
+    "media.keyframe_cache_bytes",
+    "session.reap_timeout",
+    "session.keyframe_request_interval",
+];
+
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    // toml's message already names the unknown field or the bad value and shows the line.
+    e.to_string()
+}
+
+mod duration_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        if !(0.0..=86_400.0 * 365.0).contains(&secs) {
+            return Err(serde::de::Error::custom("a number of seconds, 0 or more"));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+mod duration_millis {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let millis = u64::deserialize(d)?;
+        Ok(Duration::from_millis(millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_file_equals_the_embedded_defaults() {
+        let text = include_str!("../config/switchboard.toml");
+        let parsed = Config::from_toml(text).expect("config/switchboard.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[http]\nlisten_addr = \"1.2.3.4:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let err = Config::from_toml("[http]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn port_range_too_small_names_the_key() {
+        let mut c = Config::default();
+        c.media.shards = 4;
+        c.media.udp_port_min = 50000;
+        c.media.udp_port_max = 50001;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("media.udp_port_min"), "{err}");
+        assert!(err.to_string().contains("too small"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_errors_name_the_variable() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "SWITCHBOARD_HTTP_LISTEN").then(|| "0.0.0.0:9000".to_string()))
+            .unwrap();
+        assert_eq!(c.http.listen, "0.0.0.0:9000".parse().unwrap());
+        let err = c
+            .apply_env(|k| (k == "SWITCHBOARD_MEDIA_SHARDS").then(|| "many".to_string()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_MEDIA_SHARDS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_read_as_seconds_and_millis() {
+        let c =
+            Config::from_toml("[session]\nreap_timeout = 12\nkeyframe_request_interval = 250\n")
+                .unwrap();
+        assert_eq!(c.session.reap_timeout, Duration::from_secs(12));
+        assert_eq!(
+            c.session.keyframe_request_interval,
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn unspecified_bind_ip_is_refused() {
+        let mut c = Config::default();
+        c.media.bind_ips = vec!["0.0.0.0".parse().unwrap()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("media.bind_ips"));
+    }
+}

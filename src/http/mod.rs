@@ -1,0 +1,149 @@
+//! The HTTP side: WHIP and WHEP session resources, the demo page, metrics.
+//! Handlers never touch media state; they talk to shards through commands.
+
+mod problem;
+mod sdpfrag;
+mod session;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use problem::Problem;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::room::Registry;
+use crate::shard::ShardHandle;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub shards: Vec<ShardHandle>,
+    pub next_shard: AtomicUsize,
+}
+
+impl AppState {
+    /// `Link` headers advertising the configured STUN/TURN servers (RFC 9725 §4.6).
+    fn add_link_headers(&self, headers: &mut HeaderMap) {
+        for server in &self.config.ice.servers {
+            let mut value = format!("<{}>; rel=\"ice-server\"", server.url);
+            if let Some(user) = &server.username {
+                value.push_str(&format!("; username=\"{user}\""));
+            }
+            if let Some(credential) = &server.credential {
+                value.push_str(&format!(
+                    "; credential=\"{credential}\"; credential-type=\"password\""
+                ));
+            }
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.append(header::LINK, v);
+            }
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/whip/{room}", post(session::post_whip).options(options))
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::delete(session::delete_whip)
+                .patch(session::patch_whip)
+                .options(options),
+        )
+        .route("/whep/{room}", post(session::post_whep).options(options))
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::delete(session::delete_whep)
+                .patch(session::patch_whep)
+                .options(options),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../../static/index.html"))
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../static/app.js"),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state
+        .metrics
+        .sessions_active
+        .set(state.registry.session_count() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    Problem::not_found(format!("nothing at {method} {}", uri.path())).into_response()
+}
+
+/// `OPTIONS`: CORS preflight, and what WHIP clients read before posting.
+async fn options(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let out = response.headers_mut();
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"),
+    );
+    let requested = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(
+            "content-type, authorization, if-match",
+        ));
+    out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    out.insert(
+        HeaderName::from_static("accept-post"),
+        HeaderValue::from_static("application/sdp"),
+    );
+    out.insert(
+        HeaderName::from_static("accept-patch"),
+        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+    );
+    state.add_link_headers(out);
+    response
+}
+
+/// Every response may be read by a page on another origin (a WHIP/WHEP player).
+async fn cors(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if let Ok(origin) = HeaderValue::from_str(&state.config.http.cors_allow_origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Accept-Patch"),
+    );
+    response
+}

@@ -1,0 +1,177 @@
+//! The `switchboard` command: `serve` and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard::config::{Config, ConfigError};
+use switchboard::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A WebRTC SFU: WHIP in, WHEP out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the server (with the embedded defaults unless --config is given).
+    Serve(ServeArgs),
+    /// Validate a configuration file and explain what is wrong with it.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (see config/switchboard.toml for every key).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// HTTP address (http.listen), e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    listen: Option<String>,
+    /// IP addresses for media, comma-separated (media.bind_ips).
+    #[arg(long = "media-ip")]
+    media_ip: Option<String>,
+    /// Lowest media UDP port (media.udp_port_min); 0 = OS-chosen.
+    #[arg(long)]
+    udp_port_min: Option<String>,
+    /// Highest media UDP port (media.udp_port_max).
+    #[arg(long)]
+    udp_port_max: Option<String>,
+    /// Number of media shards (media.shards); 0 = one per core.
+    #[arg(long)]
+    shards: Option<String>,
+    /// Public IP addresses announced behind a 1:1 NAT, comma-separated (media.public_ips).
+    #[arg(long)]
+    public_ip: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::CheckConfig { file } => check_config(&file),
+        Commands::Serve(args) => serve(args),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let result = Config::from_file(file).and_then(|c| c.validate().map(|()| c));
+    match result {
+        Ok(config) => {
+            println!(
+                "{}: OK (http on {}, {} shard(s), media ports {}-{})",
+                file.display(),
+                config.http.listen,
+                config.shard_count(),
+                config.media.udp_port_min,
+                config.media.udp_port_max
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env(|name| std::env::var(name).ok())?;
+    let flags = [
+        ("http.listen", &args.listen),
+        ("media.bind_ips", &args.media_ip),
+        ("media.udp_port_min", &args.udp_port_min),
+        ("media.udp_port_max", &args.udp_port_max),
+        ("media.shards", &args.shards),
+        ("media.public_ips", &args.public_ip),
+    ];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            config.set(key, value)?;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("http")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("switchboard listening on http://{}", server.http_addr());
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

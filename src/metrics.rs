@@ -1,0 +1,151 @@
+//! Every Prometheus metric Switchboard exposes, defined in one place.
+//! Counters are lock-free atomics, so shards update them on the packet path.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub sessions_started: IntCounterVec,
+    pub sessions_ended: IntCounterVec,
+    pub sessions_active: IntGauge,
+    pub offers_refused: IntCounterVec,
+    pub packets_in: IntCounter,
+    pub packets_out: IntCounter,
+    pub datagrams_sent: IntCounter,
+    pub datagrams_dropped: IntCounter,
+    pub send_errors: IntCounter,
+    pub keyframe_requests: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("switchboard".to_string()), None)
+            .expect("the metric prefix is valid");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let sessions_active = IntGauge::new("sessions_active", "Sessions currently open.")
+            .expect("metric definition is valid");
+        registry
+            .register(Box::new(sessions_active.clone()))
+            .expect("metric registered once");
+        Metrics {
+            sessions_started: counter_vec(
+                "sessions_started_total",
+                "Sessions created, by role.",
+                &["role"],
+            ),
+            sessions_ended: counter_vec(
+                "sessions_ended_total",
+                "Sessions ended, by role.",
+                &["role"],
+            ),
+            sessions_active,
+            offers_refused: counter_vec(
+                "offers_refused_total",
+                "Offers refused, by endpoint, client family (from User-Agent) and HTTP status.",
+                &["endpoint", "client", "status"],
+            ),
+            packets_in: counter(
+                "rtp_packets_received_total",
+                "RTP packets received from publishers.",
+            ),
+            packets_out: counter(
+                "rtp_packets_forwarded_total",
+                "RTP packets written to viewers.",
+            ),
+            datagrams_sent: counter("udp_datagrams_sent_total", "UDP datagrams sent."),
+            datagrams_dropped: counter(
+                "udp_datagrams_dropped_total",
+                "UDP datagrams from unknown sources or unparseable, dropped.",
+            ),
+            send_errors: counter("udp_send_errors_total", "UDP sends that failed."),
+            keyframe_requests: counter(
+                "keyframe_requests_total",
+                "Keyframe requests (PLI) sent to publishers.",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A bounded label for a User-Agent: the client family, never the raw string.
+pub fn client_family(user_agent: &str) -> &'static str {
+    let ua = user_agent.to_ascii_lowercase();
+    const FAMILIES: &[(&str, &str)] = &[
+        ("obs", "obs"),
+        ("libdatachannel", "obs"),
+        ("gstreamer", "gstreamer"),
+        ("lavf", "ffmpeg"),
+        ("ffmpeg", "ffmpeg"),
+        ("aiortc", "aiortc"),
+        ("python", "aiortc"),
+        ("pion", "pion"),
+        ("go-http-client", "pion"),
+        ("firefox", "firefox"),
+        ("edg/", "edge"),
+        ("chrome", "chrome"),
+        ("safari", "safari"),
+        ("curl", "curl"),
+    ];
+    FAMILIES
+        .iter()
+        .find(|(needle, _)| ua.contains(needle))
+        .map(|(_, family)| *family)
+        .unwrap_or(if ua.is_empty() { "none" } else { "other" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families() {
+        assert_eq!(
+            client_family("Mozilla/5.0 (X11) Chrome/120.0 Safari/537.36"),
+            "chrome"
+        );
+        assert_eq!(client_family("Mozilla/5.0 Firefox/119.0"), "firefox");
+        assert_eq!(client_family("OBS-Studio/30.1"), "obs");
+        assert_eq!(client_family("Lavf/61.1.100"), "ffmpeg");
+        assert_eq!(client_family(""), "none");
+        assert_eq!(client_family("something"), "other");
+    }
+
+    #[test]
+    fn renders_text_format() {
+        let m = Metrics::new();
+        m.packets_in.inc();
+        let text = m.render();
+        assert!(
+            text.contains("switchboard_rtp_packets_received_total 1"),
+            "{text}"
+        );
+    }
+}

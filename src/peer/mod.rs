@@ -1,0 +1,333 @@
+//! One participant: its str0m `Rtc` (in RTP mode), its role, and its session
+//! lifecycle. A publisher turns incoming RTP into [`MediaPacket`]s; a viewer writes
+//! forwarded packets into its outgoing streams. A peer lives on exactly one shard
+//! and is only touched there.
+
+pub mod offer;
+mod publisher;
+mod viewer;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
+use str0m::media::{KeyframeRequestKind, MediaKind};
+use str0m::net::Transmit;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use crate::router::{MediaPacket, RoomId};
+pub use publisher::PublisherSide;
+pub use viewer::{ViewerSide, WriteOutcome};
+
+/// A session's identity: in the resource URL, in the shard's tables, and in logs.
+/// Random, so it is unique across nodes as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey(pub u64);
+
+impl PeerKey {
+    pub fn random() -> Self {
+        PeerKey(rand::random::<u64>() | 1)
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(PeerKey)
+    }
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Publisher,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publisher => "publisher",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// What a peer tells its shard after being driven.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// A publisher's packet, ready to fan out.
+    Media(MediaPacket),
+    /// A viewer asked for a keyframe (PLI/FIR) or needs one to start.
+    KeyframeWanted,
+    /// The peer closed the connection or its ICE failed for good.
+    Gone(&'static str),
+}
+
+/// Settings shared by every peer a shard creates.
+#[derive(Clone)]
+pub struct PeerSettings {
+    pub dtls_cert: DtlsCert,
+    pub local_candidates: Vec<Candidate>,
+    pub reap_timeout: Duration,
+}
+
+pub struct Peer {
+    pub key: PeerKey,
+    pub role: Role,
+    pub room: RoomId,
+    pub rtc: Rtc,
+    pub created: Instant,
+    pub last_received: Instant,
+    pub connected: bool,
+    pub ice_state: IceConnectionState,
+    /// When `rtc` next wants `handle_input(Timeout)`.
+    pub next_timeout: Option<Instant>,
+    /// Remote addresses learnt from this peer's STUN checks, with the index of
+    /// the local socket they reached.
+    pub remote_addrs: Vec<(SocketAddr, usize)>,
+    /// Our ICE username fragment, by which the shard finds this peer for STUN
+    /// from an address it does not know yet.
+    pub ufrag: String,
+    /// Waiting in the shard's list of peers to drain.
+    pub queued: bool,
+    /// When this viewer last asked its publisher for a keyframe.
+    pub keyframe_asked: Option<Instant>,
+    /// The client's offer, kept to renegotiate on an ICE restart.
+    offer_text: String,
+    pub publisher: PublisherSide,
+    pub viewer: ViewerSide,
+}
+
+/// Why an offer could not be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("{0}")]
+    Unusable(String),
+    #[error("the offer was refused during negotiation: {0}")]
+    Negotiation(String),
+}
+
+impl Peer {
+    /// Builds the peer's `Rtc`, accepts the offer and returns the peer with the SDP answer.
+    pub fn accept(
+        key: PeerKey,
+        role: Role,
+        room: RoomId,
+        offer: SdpOffer,
+        offer_text: &str,
+        settings: &PeerSettings,
+        now: Instant,
+    ) -> Result<(Peer, String), AcceptError> {
+        let offered = offer::summarize(offer_text);
+        if let Some(why) = offer::nothing_usable(&offered, role == Role::Publisher) {
+            return Err(AcceptError::Unusable(why));
+        }
+        let mut rtc = rtc_config(settings).build(now);
+        for candidate in &settings.local_candidates {
+            rtc.add_local_candidate(candidate.clone());
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
+
+        let mut peer = Peer {
+            key,
+            role,
+            room,
+            rtc,
+            created: now,
+            last_received: now,
+            connected: false,
+            ice_state: IceConnectionState::New,
+            next_timeout: None,
+            remote_addrs: Vec::new(),
+            ufrag: String::new(),
+            queued: false,
+            keyframe_asked: None,
+            offer_text: offer_text.to_string(),
+            publisher: PublisherSide::default(),
+            viewer: ViewerSide::default(),
+        };
+        let mids = offered
+            .iter()
+            .filter(|m| m.is_av() && !m.rejected)
+            .filter_map(|m| m.mid.as_deref());
+        match role {
+            Role::Publisher => peer.publisher.learn_media(&mut peer.rtc, mids),
+            Role::Viewer => peer.viewer.learn_media(&mut peer.rtc, mids),
+        }
+        let usable = match role {
+            Role::Publisher => peer.publisher.has_media(),
+            Role::Viewer => peer.viewer.has_slots(),
+        };
+        if !usable {
+            return Err(AcceptError::Unusable(format!(
+                "no audio or video m-line could be negotiated with a codec we forward ({})",
+                offer::FORWARDED_CODECS.join(", ")
+            )));
+        }
+        peer.ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    /// An ICE restart asked by the client (WHIP/WHEP PATCH with new credentials):
+    /// the session is renegotiated as if the client had sent its offer again with
+    /// them. Returns our new credentials and candidates as an SDP fragment.
+    pub fn ice_restart(&mut self, ufrag: &str, pwd: &str) -> Result<String, AcceptError> {
+        let text = offer::with_credentials(&self.offer_text, ufrag, pwd);
+        let offer = SdpOffer::from_sdp_string(&text)
+            .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
+        self.offer_text = text;
+        self.ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
+        let answer = answer.to_sdp_string();
+        let mut frag = String::new();
+        let mut seen = std::collections::HashSet::new();
+        for line in answer.lines().map(str::trim_end) {
+            let keep = line.starts_with("a=ice-ufrag:")
+                || line.starts_with("a=ice-pwd:")
+                || line.starts_with("a=candidate:")
+                || line == "a=end-of-candidates";
+            if keep && seen.insert(line.to_string()) {
+                frag.push_str(line);
+                frag.push_str("\r\n");
+            }
+        }
+        Ok(frag)
+    }
+
+    pub fn handle_input(&mut self, input: Input) {
+        if let Input::Receive(at, _) = &input {
+            self.last_received = *at;
+        }
+        if let Err(e) = self.rtc.handle_input(input) {
+            tracing::debug!(peer = %self.key, error = %e, "input refused");
+        }
+    }
+
+    /// Drives the `Rtc` until it has nothing more to say: datagrams go to
+    /// `transmit`, what the shard must act on goes to `events`.
+    pub fn drain(&mut self, transmit: &mut impl FnMut(Transmit), events: &mut Vec<PeerEvent>) {
+        loop {
+            if !self.rtc.is_alive() {
+                self.next_timeout = None;
+                events.push(PeerEvent::Gone("connection closed"));
+                return;
+            }
+            let output = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(peer = %self.key, error = %e, "poll_output failed");
+                    self.rtc.disconnect();
+                    continue;
+                }
+            };
+            match output {
+                Output::Timeout(at) => {
+                    self.next_timeout = Some(at);
+                    return;
+                }
+                Output::Transmit(t) => transmit(t),
+                Output::Event(event) => self.on_event(event, events),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, events: &mut Vec<PeerEvent>) {
+        match event {
+            Event::Connected => {
+                self.connected = true;
+                events.push(PeerEvent::Connected);
+            }
+            Event::IceConnectionStateChange(state) => {
+                self.ice_state = state;
+                tracing::debug!(peer = %self.key, ?state, "ICE state");
+            }
+            Event::RtpPacket(packet) => {
+                if self.role == Role::Publisher {
+                    if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
+                        events.push(PeerEvent::Media(media));
+                    }
+                }
+            }
+            Event::KeyframeRequest(_) => {
+                if self.role == Role::Viewer {
+                    events.push(PeerEvent::KeyframeWanted);
+                }
+            }
+            Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
+            _ => {}
+        }
+    }
+
+    /// Asks the publisher for a keyframe on its video tracks, at most once per
+    /// `interval` per track.
+    pub fn request_keyframe(&mut self, now: Instant, interval: Duration) -> bool {
+        self.publisher
+            .request_keyframe(&mut self.rtc, now, interval, KeyframeRequestKind::Pli)
+    }
+
+    /// Writes a forwarded packet into this viewer's outgoing stream.
+    pub fn write(&mut self, packet: &MediaPacket) -> WriteOutcome {
+        self.viewer.write(&mut self.rtc, packet)
+    }
+
+    /// The room's publisher left: the viewer's streams wait for the next one.
+    pub fn publisher_left(&mut self) {
+        self.viewer.clear_sources();
+    }
+
+    /// Why this session should be ended now, if it should.
+    pub fn reap_reason(&self, now: Instant, timeout: Duration) -> Option<&'static str> {
+        if !self.rtc.is_alive() {
+            return Some("connection closed");
+        }
+        if !self.connected && now.saturating_duration_since(self.created) > timeout {
+            return Some("ICE/DTLS did not connect in time");
+        }
+        if now.saturating_duration_since(self.last_received) > timeout {
+            return Some("nothing received from the client");
+        }
+        if matches!(self.ice_state, IceConnectionState::Disconnected)
+            && now.saturating_duration_since(self.last_received) > timeout / 2
+        {
+            return Some("ICE disconnected");
+        }
+        None
+    }
+
+    pub fn kinds_received(&self) -> impl Iterator<Item = MediaKind> + '_ {
+        self.viewer.kinds()
+    }
+}
+
+fn rtc_config(settings: &PeerSettings) -> RtcConfig {
+    RtcConfig::new()
+        .set_rtp_mode(true)
+        .set_dtls_cert(settings.dtls_cert.clone())
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_vp9(true)
+        .enable_h264(true)
+        .enable_h265(true)
+        .enable_av1(true)
+        // A few hundred ms of video is all a NACK can still use; the default (1000+
+        // packets) is most of a viewer's memory.
+        .set_send_buffer_video(300)
+        .set_send_buffer_audio(50)
+}

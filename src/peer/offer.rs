@@ -1,0 +1,239 @@
+//! A light reading of an SDP offer's m-lines, used to decide whether there is
+//! anything we can take and, when there is not, to say precisely why.
+//! (str0m does the real parsing and negotiation; this only summarises.)
+
+/// One m-line as offered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedMedia {
+    /// `audio`, `video`, `application`, ...
+    pub kind: String,
+    pub mid: Option<String>,
+    /// `sendonly`, `recvonly`, `sendrecv` or `inactive` (default `sendrecv`).
+    pub direction: String,
+    /// Codec names from `a=rtpmap`, upper-cased (e.g. `VP8`, `OPUS`).
+    pub codecs: Vec<String>,
+    /// `m=... 0 ...` with no `a=bundle-only`: the offerer rejected it itself.
+    pub rejected: bool,
+}
+
+impl OfferedMedia {
+    pub fn is_av(&self) -> bool {
+        self.kind == "audio" || self.kind == "video"
+    }
+
+    /// The offerer will send on this m-line.
+    pub fn sends(&self) -> bool {
+        self.direction == "sendonly" || self.direction == "sendrecv"
+    }
+
+    /// The offerer will receive on this m-line.
+    pub fn receives(&self) -> bool {
+        self.direction == "recvonly" || self.direction == "sendrecv"
+    }
+}
+
+/// The codecs Switchboard forwards, by `a=rtpmap` name.
+pub const FORWARDED_CODECS: &[&str] = &["OPUS", "VP8", "VP9", "H264", "H265", "AV1"];
+
+pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
+    let mut media: Vec<OfferedMedia> = Vec::new();
+    let mut bundle_only = false;
+    let mut port_zero = false;
+    let close = |media: &mut Vec<OfferedMedia>, port_zero: bool, bundle_only: bool| {
+        if let Some(last) = media.last_mut() {
+            last.rejected = port_zero && !bundle_only;
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("m=") {
+            close(&mut media, port_zero, bundle_only);
+            let mut fields = rest.split_whitespace();
+            let kind = fields.next().unwrap_or_default().to_ascii_lowercase();
+            port_zero = fields.next() == Some("0");
+            bundle_only = false;
+            media.push(OfferedMedia {
+                kind,
+                mid: None,
+                direction: "sendrecv".to_string(),
+                codecs: Vec::new(),
+                rejected: false,
+            });
+            continue;
+        }
+        let Some(m) = media.last_mut() else {
+            continue;
+        };
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            m.mid = Some(mid.trim().to_string());
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
+            if let Some(name) = map
+                .split_whitespace()
+                .nth(1)
+                .and_then(|enc| enc.split('/').next())
+            {
+                let name = name.to_ascii_uppercase();
+                if !m.codecs.contains(&name) {
+                    m.codecs.push(name);
+                }
+            }
+        } else if line == "a=bundle-only" {
+            bundle_only = true;
+        } else if let Some(dir) = line
+            .strip_prefix("a=")
+            .filter(|d| matches!(*d, "sendonly" | "recvonly" | "sendrecv" | "inactive"))
+        {
+            m.direction = dir.to_string();
+        }
+    }
+    close(&mut media, port_zero, bundle_only);
+    media
+}
+
+/// Why an offer has nothing we can take, in words a person can act on; `None` when
+/// it has something. `publishing` is true for WHIP (we need media the client sends)
+/// and false for WHEP (we need media the client receives).
+pub fn nothing_usable(media: &[OfferedMedia], publishing: bool) -> Option<String> {
+    if media.is_empty() {
+        return Some("the offer has no m-lines".to_string());
+    }
+    let av: Vec<&OfferedMedia> = media.iter().filter(|m| m.is_av() && !m.rejected).collect();
+    if av.is_empty() {
+        let kinds: Vec<&str> = media.iter().map(|m| m.kind.as_str()).collect();
+        return Some(format!(
+            "the offer has no audio or video m-line (it has: {}); {} needs audio and/or video",
+            kinds.join(", "),
+            if publishing {
+                "WHIP publishing"
+            } else {
+                "WHEP playback"
+            }
+        ));
+    }
+    let right_way: Vec<&&OfferedMedia> = av
+        .iter()
+        .filter(|m| if publishing { m.sends() } else { m.receives() })
+        .collect();
+    if right_way.is_empty() {
+        let want = if publishing {
+            "sendonly or sendrecv"
+        } else {
+            "recvonly or sendrecv"
+        };
+        let dirs: Vec<String> = av
+            .iter()
+            .map(|m| format!("{} {}", m.kind, m.direction))
+            .collect();
+        return Some(format!(
+            "no audio or video m-line is {want} (offered: {})",
+            dirs.join(", ")
+        ));
+    }
+    let forwardable = right_way.iter().any(|m| {
+        m.codecs
+            .iter()
+            .any(|c| FORWARDED_CODECS.contains(&c.as_str()))
+    });
+    if !forwardable {
+        let offered: Vec<String> = right_way
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m.kind,
+                    if m.codecs.is_empty() {
+                        "none".to_string()
+                    } else {
+                        m.codecs.join(" ")
+                    }
+                )
+            })
+            .collect();
+        return Some(format!(
+            "no codec we can forward was offered (offered {}; we forward {})",
+            offered.join("; "),
+            FORWARDED_CODECS.join(", ")
+        ));
+    }
+    None
+}
+
+/// Replaces every `a=ice-ufrag`/`a=ice-pwd` of an offer with new credentials: the
+/// offer as it would look after the client's ICE restart.
+pub fn with_credentials(offer: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(offer.len() + 64);
+    for line in offer.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[bare.len()..];
+        if bare.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+            out.push_str(if ending.is_empty() { "\r\n" } else { ending });
+        } else if bare.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+            out.push_str(if ending.is_empty() { "\r\n" } else { ending });
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OBS: &str = "v=0\r\no=rtc 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 H264/90000\r\n";
+
+    #[test]
+    fn reads_kinds_mids_directions_and_codecs() {
+        let m = summarize(OBS);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].kind, "audio");
+        assert_eq!(m[0].mid.as_deref(), Some("0"));
+        assert_eq!(m[0].direction, "sendonly");
+        assert_eq!(m[0].codecs, vec!["OPUS"]);
+        assert_eq!(m[1].codecs, vec!["H264"]);
+        assert_eq!(nothing_usable(&m, true), None);
+        assert!(nothing_usable(&m, false).unwrap().contains("recvonly"));
+    }
+
+    #[test]
+    fn data_channel_only_is_named() {
+        let sdp = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n";
+        let why = nothing_usable(&summarize(sdp), true).unwrap();
+        assert!(why.contains("no audio or video"), "{why}");
+        assert!(why.contains("application"), "{why}");
+    }
+
+    #[test]
+    fn unknown_codecs_are_listed() {
+        let sdp =
+            "v=0\r\nm=video 9 RTP/SAVPF 34\r\na=mid:v\r\na=sendonly\r\na=rtpmap:34 H263/90000\r\n";
+        let why = nothing_usable(&summarize(sdp), true).unwrap();
+        assert!(why.contains("H263"), "{why}");
+    }
+
+    #[test]
+    fn bundle_only_port_zero_is_not_rejected() {
+        let sdp = "v=0\r\nm=audio 0 RTP/SAVPF 111\r\na=bundle-only\r\na=mid:a\r\na=rtpmap:111 OPUS/48000/2\r\n\
+m=video 0 RTP/SAVPF 96\r\na=mid:v\r\na=rtpmap:96 VP8/90000\r\n";
+        let m = summarize(sdp);
+        assert!(!m[0].rejected);
+        assert!(m[1].rejected);
+    }
+
+    #[test]
+    fn credentials_are_replaced_everywhere() {
+        let offer =
+            "v=0\r\na=ice-ufrag:old\r\na=ice-pwd:oldpwd\r\nm=audio 9 X 0\r\na=ice-ufrag:old\r\n";
+        let new = with_credentials(offer, "nu", "np");
+        assert_eq!(
+            new,
+            "v=0\r\na=ice-ufrag:nu\r\na=ice-pwd:np\r\nm=audio 9 X 0\r\na=ice-ufrag:nu\r\n"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The publishing side of a peer: incoming RTP becomes shared [`MediaPacket`]s.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::CodecSpec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::rtp::{RtpPacket, Ssrc};
+use str0m::Rtc;
+
+use crate::router::keyframe::starts_keyframe;
+use crate::router::{MediaPacket, RoomId};
+
+/// Unique per incoming stream in this process: a viewer's forwarder switches
+/// (on a keyframe) whenever the source id of its packets changes.
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Default)]
+pub struct PublisherSide {
+    media: Vec<(Mid, MediaKind)>,
+    codecs: Vec<(Pt, CodecSpec)>,
+    streams: Vec<IncomingStream>,
+    last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IncomingStream {
+    ssrc: Ssrc,
+    source: u64,
+    kind: MediaKind,
+}
+
+impl PublisherSide {
+    /// Records the m-lines the client sends on, and their negotiated codecs.
+    pub fn learn_media<'a>(&mut self, rtc: &mut Rtc, mids: impl Iterator<Item = &'a str>) {
+        for mid in mids {
+            let mid = Mid::from(mid);
+            let Some(media) = rtc.media(mid) else {
+                continue;
+            };
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
+                continue;
+            }
+            let kind = media.kind();
+            let pts = media.remote_pts().to_vec();
+            if pts.is_empty() {
+                continue;
+            }
+            for params in rtc.codec_config().params() {
+                if pts.contains(&params.pt())
+                    && !self.codecs.iter().any(|(pt, _)| *pt == params.pt())
+                {
+                    self.codecs.push((params.pt(), params.spec()));
+                }
+            }
+            self.media.push((mid, kind));
+        }
+    }
+
+    pub fn has_media(&self) -> bool {
+        !self.media.is_empty() && !self.codecs.is_empty()
+    }
+
+    /// Turns one incoming RTP packet into the packet every subscriber shares.
+    pub fn on_rtp(
+        &mut self,
+        rtc: &mut Rtc,
+        room: &RoomId,
+        packet: RtpPacket,
+    ) -> Option<MediaPacket> {
+        if packet.payload.is_empty() {
+            return None; // padding
+        }
+        let ssrc = packet.header.ssrc;
+        let stream = match self.streams.iter().find(|s| s.ssrc == ssrc) {
+            Some(s) => *s,
+            None => self.learn_stream(rtc, ssrc)?,
+        };
+        let pt = packet.header.payload_type;
+        let codec = self
+            .codecs
+            .iter()
+            .find(|(p, _)| *p == pt)
+            .map(|(_, spec)| *spec)?;
+        let keyframe =
+            stream.kind == MediaKind::Video && starts_keyframe(codec.codec, &packet.payload);
+        Some(MediaPacket {
+            room: room.clone(),
+            kind: stream.kind,
+            source: stream.source,
+            codec,
+            seq: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            keyframe,
+            arrival: packet.timestamp,
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            payload: Arc::clone(&packet.payload),
+        })
+    }
+
+    fn learn_stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<IncomingStream> {
+        let mid = rtc.direct_api().stream_rx(&ssrc)?.mid();
+        let kind = self.media.iter().find(|(m, _)| *m == mid)?.1;
+        let stream = IncomingStream {
+            ssrc,
+            source: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
+            kind,
+        };
+        tracing::debug!(%ssrc, %mid, ?kind, source = stream.source, "new incoming stream");
+        self.streams.push(stream);
+        Some(stream)
+    }
+
+    /// Sends a PLI on every video stream, unless one was sent less than
+    /// `interval` ago. Returns whether a request went out.
+    pub fn request_keyframe(
+        &mut self,
+        rtc: &mut Rtc,
+        now: Instant,
+        interval: Duration,
+        kind: KeyframeRequestKind,
+    ) -> bool {
+        if self
+            .last_keyframe_request
+            .is_some_and(|at| now.saturating_duration_since(at) < interval)
+        {
+            return false;
+        }
+        let mut sent = false;
+        let mut api = rtc.direct_api();
+        for stream in self.streams.iter().filter(|s| s.kind == MediaKind::Video) {
+            if let Some(rx) = api.stream_rx(&stream.ssrc) {
+                rx.request_keyframe(kind);
+                sent = true;
+            }
+        }
+        if sent {
+            self.last_keyframe_request = Some(now);
+        }
+        sent
+    }
+}

@@ -1,0 +1,124 @@
+//! The room registry: which sessions exist, in which room, on which shard. Read
+//! and written by the HTTP layer and by shards when a session ends; never on the
+//! packet path. Plain data keyed by global IDs, so it could live in a shared store.
+
+use std::time::Instant;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::peer::{PeerKey, Role};
+use crate::router::RoomId;
+
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub room: RoomId,
+    pub role: Role,
+    pub shard: usize,
+    pub etag: String,
+    pub created: Instant,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RoomEntry {
+    pub publisher: Option<PeerKey>,
+    pub viewers: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    rooms: DashMap<RoomId, RoomEntry>,
+    sessions: DashMap<PeerKey, SessionEntry>,
+}
+
+impl Registry {
+    /// Claims `room`'s publisher seat for `key`; `Err` with the holder if taken.
+    pub fn claim_publisher(&self, room: &RoomId, key: PeerKey) -> Result<(), PeerKey> {
+        let mut entry = self.rooms.entry(room.clone()).or_default();
+        match entry.publisher {
+            Some(holder) => Err(holder),
+            None => {
+                entry.publisher = Some(key);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn add_session(&self, key: PeerKey, entry: SessionEntry) {
+        if entry.role == Role::Viewer {
+            self.rooms.entry(entry.room.clone()).or_default().viewers += 1;
+        }
+        self.sessions.insert(key, entry);
+    }
+
+    /// Forgets a session (and frees the publisher seat it held). Also used to
+    /// release a claimed seat whose session never started.
+    pub fn remove_session(&self, key: PeerKey, room: &RoomId, role: Role) -> Option<SessionEntry> {
+        let removed = self.sessions.remove(&key).map(|(_, e)| e);
+        if let Entry::Occupied(mut entry) = self.rooms.entry(room.clone()) {
+            let r = entry.get_mut();
+            match role {
+                Role::Publisher if r.publisher == Some(key) => r.publisher = None,
+                Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),
+                _ => {}
+            }
+            if r.publisher.is_none() && r.viewers == 0 {
+                entry.remove();
+            }
+        }
+        removed
+    }
+
+    pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {
+        self.sessions.get(&key).map(|e| e.clone())
+    }
+
+    pub fn room(&self, room: &str) -> Option<RoomEntry> {
+        self.rooms.get(room).map(|e| e.clone())
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(room: &RoomId, role: Role) -> SessionEntry {
+        SessionEntry {
+            room: room.clone(),
+            role,
+            shard: 0,
+            etag: "\"x\"".into(),
+            created: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn one_publisher_per_room_and_the_seat_frees_on_removal() {
+        let reg = Registry::default();
+        let room: RoomId = "a".into();
+        assert!(reg.claim_publisher(&room, PeerKey(1)).is_ok());
+        assert_eq!(reg.claim_publisher(&room, PeerKey(2)), Err(PeerKey(1)));
+        reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
+        reg.remove_session(PeerKey(1), &room, Role::Publisher);
+        assert!(reg.claim_publisher(&room, PeerKey(2)).is_ok());
+    }
+
+    #[test]
+    fn viewers_are_counted_and_empty_rooms_vanish() {
+        let reg = Registry::default();
+        let room: RoomId = "a".into();
+        reg.add_session(PeerKey(3), entry(&room, Role::Viewer));
+        assert_eq!(reg.room("a").map(|r| r.viewers), Some(1));
+        reg.remove_session(PeerKey(3), &room, Role::Viewer);
+        assert!(reg.room("a").is_none());
+        assert_eq!(reg.session_count(), 0);
+    }
+}

@@ -1,0 +1,259 @@
+//! Per-subscriber header rewriting: sequence numbers and timestamps.
+//!
+//! A [`Forwarder`] sits between one publisher track (the *source*, which may change
+//! over time) and one outgoing stream of one subscriber. It keeps the outgoing
+//! sequence numbers consecutive and the timestamps monotonic across source
+//! switches, and makes a video subscriber start (and switch) on a keyframe.
+//! Pure logic: input in, decision out, time passed in.
+
+use std::time::Instant;
+
+/// What the forwarder needs to know about one incoming packet.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketMeta {
+    /// Identifies the publisher stream the packet came from; a change is a switch.
+    pub source: u64,
+    /// Extended (64-bit, rollover-free) sequence number from the publisher.
+    pub seq: u64,
+    /// RTP timestamp from the publisher.
+    pub timestamp: u32,
+    /// The packet begins a keyframe.
+    pub keyframe: bool,
+    /// When the packet arrived at the server.
+    pub arrival: Instant,
+}
+
+/// Where to write the packet on the subscriber's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewritten {
+    pub seq: u64,
+    pub timestamp: u32,
+}
+
+/// Why a packet was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Video from a new source before its first keyframe.
+    AwaitingKeyframe,
+    /// A late packet from before the current source started (reordered or
+    /// retransmitted across a switch): forwarding it would go backwards.
+    BeforeSwitch,
+}
+
+#[derive(Debug)]
+pub struct Forwarder {
+    /// Video waits for a keyframe at start and on every source switch; audio does not.
+    needs_keyframe_to_switch: bool,
+    clock_rate: u32,
+    current: Option<Source>,
+    /// Last output, to continue from it on the next switch.
+    last: Option<LastOut>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    id: u64,
+    first_seq: u64,
+    /// out_seq = in_seq + seq_offset (wrapping 64-bit arithmetic).
+    seq_offset: u64,
+    /// out_ts = in_ts + ts_offset (wrapping 32-bit arithmetic).
+    ts_offset: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastOut {
+    seq: u64,
+    timestamp: u32,
+    at: Instant,
+}
+
+impl Forwarder {
+    pub fn new(is_video: bool, clock_rate: u32) -> Self {
+        Forwarder {
+            needs_keyframe_to_switch: is_video,
+            clock_rate: clock_rate.max(1),
+            current: None,
+            last: None,
+        }
+    }
+
+    /// The source currently forwarded, if any.
+    pub fn source(&self) -> Option<u64> {
+        self.current.map(|s| s.id)
+    }
+
+    /// True until the first packet has been forwarded from the current source.
+    pub fn is_waiting(&self) -> bool {
+        self.current.is_none()
+    }
+
+    /// Forget the current source (its publisher left). The next source continues
+    /// the outgoing numbering where this one stopped.
+    pub fn clear_source(&mut self) {
+        self.current = None;
+    }
+
+    /// Decide where `packet` goes on the outgoing stream, or why it is dropped.
+    pub fn forward(&mut self, packet: &PacketMeta) -> Result<Rewritten, Drop> {
+        let source = match self.current {
+            Some(s) if s.id == packet.source => s,
+            _ => {
+                if self.needs_keyframe_to_switch && !packet.keyframe {
+                    return Err(Drop::AwaitingKeyframe);
+                }
+                let s = self.start_source(packet);
+                self.current = Some(s);
+                s
+            }
+        };
+        if packet.seq < source.first_seq {
+            return Err(Drop::BeforeSwitch);
+        }
+        let out = Rewritten {
+            seq: packet.seq.wrapping_add(source.seq_offset),
+            timestamp: packet.timestamp.wrapping_add(source.ts_offset),
+        };
+        match self.last {
+            Some(last) if last.seq >= out.seq => {} // a reordered or resent packet
+            _ => {
+                self.last = Some(LastOut {
+                    seq: out.seq,
+                    timestamp: out.timestamp,
+                    at: packet.arrival,
+                })
+            }
+        }
+        Ok(out)
+    }
+
+    fn start_source(&self, packet: &PacketMeta) -> Source {
+        let (first_out_seq, first_out_ts) = match self.last {
+            Some(last) => {
+                // Continue right after the last packet sent, and advance the
+                // timestamp by the wall-clock time that passed (at least one tick),
+                // so the decoder sees neither a gap nor time going backwards.
+                let elapsed = packet.arrival.saturating_duration_since(last.at);
+                let ticks = (elapsed.as_secs_f64() * f64::from(self.clock_rate)).round();
+                let ticks = (ticks as u64).clamp(1, u64::from(u32::MAX / 2)) as u32;
+                (last.seq + 1, last.timestamp.wrapping_add(ticks))
+            }
+            // First source ever: keep the publisher's numbering, folded into the
+            // first rollover period (a receiver assumes ROC 0 at start).
+            None => (packet.seq & 0xffff, packet.timestamp),
+        };
+        Source {
+            id: packet.source,
+            first_seq: packet.seq,
+            seq_offset: first_out_seq.wrapping_sub(packet.seq),
+            ts_offset: first_out_ts.wrapping_sub(packet.timestamp),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn meta(source: u64, seq: u64, timestamp: u32, keyframe: bool, at: Instant) -> PacketMeta {
+        PacketMeta {
+            source,
+            seq,
+            timestamp,
+            keyframe,
+            arrival: at,
+        }
+    }
+
+    #[test]
+    fn video_waits_for_a_keyframe_then_passes_through() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000);
+        assert_eq!(
+            f.forward(&meta(1, 100, 5000, false, t0)),
+            Err(Drop::AwaitingKeyframe)
+        );
+        let first = f.forward(&meta(1, 101, 6000, true, t0)).unwrap();
+        assert_eq!(
+            first,
+            Rewritten {
+                seq: 101,
+                timestamp: 6000
+            }
+        );
+        let next = f.forward(&meta(1, 102, 6000, false, t0)).unwrap();
+        assert_eq!(next.seq, 102);
+        assert_eq!(
+            f.forward(&meta(1, 100, 5000, false, t0)),
+            Err(Drop::BeforeSwitch)
+        );
+    }
+
+    #[test]
+    fn first_sequence_number_is_folded_below_the_first_rollover() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000);
+        let out = f.forward(&meta(1, 3 * 65_536 + 7, 1, false, t0)).unwrap();
+        assert_eq!(out.seq, 7);
+        assert_eq!(
+            f.forward(&meta(1, 3 * 65_536 + 8, 961, false, t0))
+                .unwrap()
+                .seq,
+            8
+        );
+    }
+
+    #[test]
+    fn audio_switches_at_once_and_continues_numbering() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000);
+        f.forward(&meta(1, 10, 1000, false, t0)).unwrap();
+        let last = f.forward(&meta(1, 11, 1960, false, t0)).unwrap();
+        let later = t0 + Duration::from_millis(100);
+        let switched = f.forward(&meta(2, 50_000, 7, false, later)).unwrap();
+        assert_eq!(switched.seq, last.seq + 1);
+        assert_eq!(switched.timestamp, 1960 + 4800, "100 ms at 48 kHz later");
+        assert_eq!(
+            f.forward(&meta(2, 50_001, 967, false, later)).unwrap().seq,
+            last.seq + 2
+        );
+    }
+
+    #[test]
+    fn video_switch_waits_for_the_new_sources_keyframe() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000);
+        f.forward(&meta(1, 1, 0, true, t0)).unwrap();
+        let last = f.forward(&meta(1, 2, 3000, false, t0)).unwrap();
+        f.clear_source();
+        assert_eq!(
+            f.forward(&meta(2, 900, 10, false, t0)),
+            Err(Drop::AwaitingKeyframe)
+        );
+        let at = t0 + Duration::from_millis(1);
+        let key = f.forward(&meta(2, 901, 20, true, at)).unwrap();
+        assert_eq!(key.seq, last.seq + 1);
+        assert_eq!(key.timestamp, 3000 + 90);
+        assert_eq!(f.source(), Some(2));
+    }
+
+    #[test]
+    fn timestamps_advance_at_least_one_tick_on_an_instant_switch() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000);
+        let a = f.forward(&meta(1, 1, u32::MAX, false, t0)).unwrap();
+        let b = f.forward(&meta(2, 1, 0, false, t0)).unwrap();
+        assert_eq!(b.timestamp, a.timestamp.wrapping_add(1));
+    }
+
+    #[test]
+    fn reordered_packets_keep_their_gap_and_do_not_move_the_high_water_mark() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000);
+        f.forward(&meta(1, 10, 0, false, t0)).unwrap();
+        assert_eq!(f.forward(&meta(1, 12, 0, false, t0)).unwrap().seq, 12);
+        assert_eq!(f.forward(&meta(1, 11, 0, false, t0)).unwrap().seq, 11);
+        let switched = f.forward(&meta(2, 500, 0, false, t0)).unwrap();
+        assert_eq!(switched.seq, 13);
+    }
+}

@@ -1,0 +1,173 @@
+//! The router: who in a room receives a publisher's packet, on this shard and on
+//! the others. It owns room membership as seen by one shard; it never touches an
+//! `Rtc` (the shard applies its decisions), so it is plain data and unit-tested.
+//!
+//! The packet path through it: a publisher's [`MediaPacket`] is built once (one
+//! allocation, payload shared), handed to every local viewer of the room, and sent
+//! as one `Arc` to every other shard that has viewers of the room.
+
+pub mod forward;
+pub mod keyframe;
+pub mod payload_type;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::format::CodecSpec;
+use str0m::media::MediaKind;
+
+use crate::peer::PeerKey;
+
+/// A room's name, shared cheaply between the packets and tables that mention it.
+pub type RoomId = Arc<str>;
+
+/// One packet from a publisher, shared by every subscriber that receives it.
+#[derive(Debug)]
+pub struct MediaPacket {
+    pub room: RoomId,
+    pub kind: MediaKind,
+    /// The publisher stream it belongs to; unique in this process.
+    pub source: u64,
+    /// The codec and its parameters, as the publisher negotiated them.
+    pub codec: CodecSpec,
+    /// Extended sequence number from the publisher.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub keyframe: bool,
+    pub arrival: Instant,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    pub payload: Arc<[u8]>,
+}
+
+/// Room membership on one shard.
+#[derive(Debug, Default)]
+pub struct LocalRoom {
+    /// Viewers of this room whose `Rtc` lives on this shard.
+    pub viewers: Vec<PeerKey>,
+    /// The room's publisher, if its `Rtc` lives on this shard.
+    pub publisher: Option<PeerKey>,
+    /// Number of the room's viewers on each shard (index = shard), this one included.
+    viewers_per_shard: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    shard: usize,
+    shard_count: usize,
+    rooms: HashMap<RoomId, LocalRoom>,
+}
+
+impl Router {
+    pub fn new(shard: usize, shard_count: usize) -> Self {
+        Router {
+            shard,
+            shard_count,
+            rooms: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self, room: &str) -> Option<&LocalRoom> {
+        self.rooms.get(room)
+    }
+
+    fn room_mut(&mut self, room: &RoomId) -> &mut LocalRoom {
+        let shard_count = self.shard_count;
+        self.rooms.entry(room.clone()).or_insert_with(|| LocalRoom {
+            viewers_per_shard: vec![0; shard_count],
+            ..LocalRoom::default()
+        })
+    }
+
+    pub fn add_local_viewer(&mut self, room: &RoomId, peer: PeerKey) {
+        self.room_mut(room).viewers.push(peer);
+    }
+
+    pub fn remove_local_viewer(&mut self, room: &RoomId, peer: PeerKey) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.viewers.retain(|p| *p != peer);
+        }
+        self.forget_if_empty(room);
+    }
+
+    pub fn set_local_publisher(&mut self, room: &RoomId, peer: Option<PeerKey>) {
+        self.room_mut(room).publisher = peer;
+        self.forget_if_empty(room);
+    }
+
+    /// A viewer of `room` joined (`+1`) or left (`-1`) on `shard`. Every shard
+    /// hears of every change, so the publisher's shard knows where to send.
+    pub fn count_viewer(&mut self, room: &RoomId, shard: usize, joined: bool) {
+        let r = self.room_mut(room);
+        if let Some(count) = r.viewers_per_shard.get_mut(shard) {
+            *count = if joined {
+                *count + 1
+            } else {
+                count.saturating_sub(1)
+            };
+        }
+        self.forget_if_empty(room);
+    }
+
+    /// Other shards that have viewers of `room`: each gets one `Arc` per packet.
+    pub fn remote_shards<'a>(&'a self, room: &str) -> impl Iterator<Item = usize> + 'a {
+        let me = self.shard;
+        self.rooms.get(room).into_iter().flat_map(move |r| {
+            r.viewers_per_shard
+                .iter()
+                .enumerate()
+                .filter(move |(shard, count)| *shard != me && **count > 0)
+                .map(|(shard, _)| shard)
+        })
+    }
+
+    fn forget_if_empty(&mut self, room: &RoomId) {
+        let empty = self.rooms.get(room).is_some_and(|r| {
+            r.viewers.is_empty()
+                && r.publisher.is_none()
+                && r.viewers_per_shard.iter().all(|c| *c == 0)
+        });
+        if empty {
+            self.rooms.remove(room);
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_cross_only_to_shards_with_viewers() {
+        let room: RoomId = "r".into();
+        let mut router = Router::new(0, 3);
+        router.set_local_publisher(&room, Some(PeerKey(1)));
+        assert_eq!(router.remote_shards("r").count(), 0);
+        router.count_viewer(&room, 2, true);
+        router.count_viewer(&room, 0, true);
+        assert_eq!(router.remote_shards("r").collect::<Vec<_>>(), vec![2]);
+        router.count_viewer(&room, 2, false);
+        assert_eq!(router.remote_shards("r").count(), 0);
+    }
+
+    #[test]
+    fn an_empty_room_is_forgotten() {
+        let room: RoomId = "r".into();
+        let mut router = Router::new(0, 2);
+        router.add_local_viewer(&room, PeerKey(7));
+        router.count_viewer(&room, 0, true);
+        assert_eq!(
+            router.room("r").map(|r| r.viewers.clone()),
+            Some(vec![PeerKey(7)])
+        );
+        router.remove_local_viewer(&room, PeerKey(7));
+        router.count_viewer(&room, 0, false);
+        assert_eq!(router.room_count(), 0);
+    }
+}

@@ -1,0 +1,60 @@
+//! What other threads (HTTP handlers, other shards) ask of a shard.
+
+use std::sync::Arc;
+
+use str0m::change::SdpOffer;
+use str0m::Candidate;
+use tokio::sync::oneshot;
+
+use crate::peer::{AcceptError, PeerKey, Role};
+use crate::router::{MediaPacket, RoomId};
+
+pub enum Command {
+    /// Create a session from an offer; the reply carries the SDP answer.
+    Accept(Box<AcceptRequest>),
+    /// Trickled remote candidates (WHIP/WHEP PATCH). Replies whether the session exists.
+    AddCandidates {
+        key: PeerKey,
+        candidates: Vec<Candidate>,
+        reply: oneshot::Sender<bool>,
+    },
+    /// ICE restart with the client's new credentials; replies with our fragment.
+    IceRestart {
+        key: PeerKey,
+        ufrag: String,
+        pwd: String,
+        reply: oneshot::Sender<Option<Result<String, AcceptError>>>,
+    },
+    /// End a session. Replies whether it existed here.
+    End {
+        key: PeerKey,
+        reason: &'static str,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    /// A viewer of `room` joined or left `shard`.
+    ViewerCount {
+        room: RoomId,
+        shard: usize,
+        joined: bool,
+    },
+    /// Packets from a publisher on another shard, for this shard's viewers.
+    Media(Vec<Arc<MediaPacket>>),
+    /// A viewer somewhere needs a keyframe from `room`'s publisher.
+    WantKeyframe {
+        room: RoomId,
+    },
+    /// `room`'s publisher left: viewers wait for the next one.
+    PublisherLeft {
+        room: RoomId,
+    },
+    Shutdown,
+}
+
+pub struct AcceptRequest {
+    pub key: PeerKey,
+    pub role: Role,
+    pub room: RoomId,
+    pub offer: SdpOffer,
+    pub offer_text: String,
+    pub reply: oneshot::Sender<Result<String, AcceptError>>,
+}

@@ -1,0 +1,661 @@
+//! A shard: one thread that owns a set of peers, the UDP sockets they use, and
+//! its part of the router. Everything on the packet path happens here without a
+//! lock: a datagram is read, handed to its peer's `Rtc`, the packets that come out
+//! are fanned out to this shard's viewers (and as one `Arc` to each other shard
+//! with viewers), and the viewers' datagrams are sent.
+//!
+//! Other threads talk to a shard through [`ShardHandle`]: a channel plus a waker.
+
+mod command;
+mod socket;
+mod timers;
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Interest, Poll, Token, Waker};
+use str0m::ice::StunMessage;
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::Input;
+
+pub use command::{AcceptRequest, Command};
+pub use socket::default_bind_ips;
+use socket::ShardSockets;
+use timers::Timers;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::peer::{Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome};
+use crate::room::Registry;
+use crate::router::{MediaPacket, RoomId, Router};
+
+const WAKER: Token = Token(usize::MAX);
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time the loop sleeps with nothing due, so housekeeping still runs.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// How other threads reach a shard.
+#[derive(Clone)]
+pub struct ShardHandle {
+    tx: Sender<Command>,
+    waker: Arc<Waker>,
+}
+
+impl ShardHandle {
+    /// Queues a command and wakes the shard. False if the shard has stopped.
+    pub fn send(&self, command: Command) -> bool {
+        let sent = self.tx.send(command).is_ok();
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(error = %e, "cannot wake shard");
+        }
+        sent
+    }
+}
+
+/// A shard built and bound but not yet running.
+pub struct Shard {
+    index: usize,
+    poll: Poll,
+    sockets: ShardSockets,
+    rx: Receiver<Command>,
+    settings: PeerSettings,
+    keyframe_request_interval: Duration,
+}
+
+impl Shard {
+    /// Binds shard `index`'s sockets and creates its channel.
+    pub fn bind(
+        index: usize,
+        config: &Config,
+        bind_ips: &[std::net::IpAddr],
+        dtls_cert: str0m::config::DtlsCert,
+    ) -> io::Result<(Shard, ShardHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut sockets = ShardSockets::bind(&config.media, index, bind_ips)?;
+        for (i, socket) in sockets.sockets.iter_mut().enumerate() {
+            poll.registry()
+                .register(socket, Token(i), Interest::READABLE)?;
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let settings = PeerSettings {
+            dtls_cert,
+            local_candidates: sockets.candidates(&config.media.public_ips),
+            reap_timeout: config.session.reap_timeout,
+        };
+        let shard = Shard {
+            index,
+            poll,
+            sockets,
+            rx,
+            settings,
+            keyframe_request_interval: config.session.keyframe_request_interval,
+        };
+        Ok((shard, ShardHandle { tx, waker }))
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.sockets.local_addrs
+    }
+
+    /// Starts the shard's thread. `shards` holds every shard's handle, this one's included.
+    pub fn spawn(
+        self,
+        shards: Vec<ShardHandle>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<JoinHandle<()>> {
+        let index = self.index;
+        let shard_count = shards.len();
+        std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || {
+                let mut state = ShardLoop {
+                    index,
+                    poll: self.poll,
+                    sockets: self.sockets,
+                    rx: self.rx,
+                    shards,
+                    registry,
+                    metrics,
+                    settings: self.settings,
+                    keyframe_request_interval: self.keyframe_request_interval,
+                    peers: HashMap::new(),
+                    by_addr: HashMap::new(),
+                    by_ufrag: HashMap::new(),
+                    timers: Timers::default(),
+                    router: Router::new(index, shard_count),
+                    queue: Vec::new(),
+                    events: Vec::new(),
+                    due: Vec::new(),
+                    outbox: vec![Vec::new(); shard_count],
+                    buf: vec![0; 2048],
+                    next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+                };
+                state.run();
+            })
+    }
+}
+
+struct ShardLoop {
+    index: usize,
+    poll: Poll,
+    sockets: ShardSockets,
+    rx: Receiver<Command>,
+    shards: Vec<ShardHandle>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    settings: PeerSettings,
+    keyframe_request_interval: Duration,
+    peers: HashMap<PeerKey, Peer>,
+    /// (remote address, local socket index) → peer: one lookup per datagram.
+    by_addr: HashMap<(SocketAddr, usize), PeerKey>,
+    /// Our ICE ufrag → peer, for STUN from an address not seen yet.
+    by_ufrag: HashMap<String, PeerKey>,
+    timers: Timers,
+    router: Router,
+    /// Peers that received input or media and must be drained.
+    queue: Vec<PeerKey>,
+    events: Vec<PeerEvent>,
+    due: Vec<PeerKey>,
+    /// Packets for other shards, sent once per loop turn as one batch each.
+    outbox: Vec<Vec<Arc<MediaPacket>>>,
+    buf: Vec<u8>,
+    next_housekeeping: Instant,
+}
+
+impl ShardLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        tracing::debug!(shard = self.index, addrs = ?self.sockets.local_addrs, "shard running");
+        loop {
+            let now = Instant::now();
+            let wake_at = self
+                .timers
+                .next_deadline()
+                .unwrap_or(now + MAX_SLEEP)
+                .min(self.next_housekeeping)
+                .min(now + MAX_SLEEP);
+            let timeout = wake_at.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(shard = self.index, error = %e, "poll failed");
+                }
+            }
+            for event in events.iter() {
+                if event.token() != WAKER {
+                    self.read_socket(event.token().0);
+                }
+            }
+            if !self.handle_commands() {
+                break;
+            }
+            let now = Instant::now();
+            self.run_timers(now);
+            self.drain_queue();
+            self.flush_outbox();
+            if now >= self.next_housekeeping {
+                self.housekeeping(now);
+                self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+            }
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.end_peer(key, "server shutting down");
+        }
+        tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    // ---- network input -------------------------------------------------------
+
+    fn read_socket(&mut self, socket_index: usize) {
+        let mut errors = 0;
+        loop {
+            let Some(socket) = self.sockets.sockets.get(socket_index) else {
+                return;
+            };
+            match socket.recv_from(&mut self.buf) {
+                Ok((len, source)) => self.on_datagram(socket_index, source, len),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; they are not fatal.
+                    errors += 1;
+                    tracing::trace!(error = %e, "recv error");
+                    if errors > 64 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, socket_index: usize, source: SocketAddr, len: usize) {
+        let now = Instant::now();
+        let data = &self.buf[..len];
+        let known = self.by_addr.get(&(source, socket_index)).copied();
+        let key = match known {
+            Some(key) => key,
+            None => match stun_target(data).and_then(|ufrag| self.by_ufrag.get(ufrag)) {
+                Some(key) => *key,
+                None => {
+                    self.metrics.datagrams_dropped.inc();
+                    return;
+                }
+            },
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Ok(contents) = data.try_into() else {
+            self.metrics.datagrams_dropped.inc();
+            return;
+        };
+        let destination = self.sockets.local_addrs[socket_index];
+        peer.handle_input(Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        ));
+        if known.is_none() {
+            // Learn the address from its (ufrag-matched) check; str0m verifies the
+            // message integrity before it uses the address.
+            self.by_addr.insert((source, socket_index), key);
+            peer.remote_addrs.push((source, socket_index));
+        }
+        enqueue(&mut self.queue, peer);
+    }
+
+    // ---- commands from HTTP and other shards ---------------------------------
+
+    /// Returns false when the shard must stop.
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(command) = self.rx.try_recv() {
+            match command {
+                Command::Accept(request) => self.accept(*request),
+                Command::AddCandidates {
+                    key,
+                    candidates,
+                    reply,
+                } => {
+                    let found = match self.peers.get_mut(&key) {
+                        Some(peer) => {
+                            for c in candidates {
+                                peer.rtc.add_remote_candidate(c);
+                            }
+                            enqueue(&mut self.queue, peer);
+                            true
+                        }
+                        None => false,
+                    };
+                    let _ = reply.send(found);
+                }
+                Command::IceRestart {
+                    key,
+                    ufrag,
+                    pwd,
+                    reply,
+                } => {
+                    let result = self.peers.get_mut(&key).map(|peer| {
+                        let old = peer.ufrag.clone();
+                        let result = peer.ice_restart(&ufrag, &pwd);
+                        if peer.ufrag != old {
+                            self.by_ufrag.remove(&old);
+                            self.by_ufrag.insert(peer.ufrag.clone(), key);
+                        }
+                        enqueue(&mut self.queue, peer);
+                        result
+                    });
+                    let _ = reply.send(result);
+                }
+                Command::End { key, reason, reply } => {
+                    let ended = self.end_peer(key, reason);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(ended);
+                    }
+                }
+                Command::ViewerCount {
+                    room,
+                    shard,
+                    joined,
+                } => self.router.count_viewer(&room, shard, joined),
+                Command::Media(batch) => {
+                    for packet in batch {
+                        self.fan_out_local(&packet);
+                    }
+                }
+                Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
+                Command::PublisherLeft { room } => self.publisher_left_here(&room),
+                Command::Shutdown => return false,
+            }
+        }
+        true
+    }
+
+    fn accept(&mut self, request: AcceptRequest) {
+        let AcceptRequest {
+            key,
+            role,
+            room,
+            offer,
+            offer_text,
+            reply,
+        } = request;
+        let now = Instant::now();
+        let result = Peer::accept(
+            key,
+            role,
+            room.clone(),
+            offer,
+            &offer_text,
+            &self.settings,
+            now,
+        );
+        let (mut peer, answer) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.by_ufrag.insert(peer.ufrag.clone(), key);
+        enqueue(&mut self.queue, &mut peer);
+        self.peers.insert(key, peer);
+        match role {
+            Role::Publisher => self.router.set_local_publisher(&room, Some(key)),
+            Role::Viewer => {
+                self.router.add_local_viewer(&room, key);
+                self.count_viewer_everywhere(&room, true);
+            }
+        }
+        let _ = reply.send(Ok(answer));
+        self.metrics
+            .sessions_started
+            .with_label_values(&[role.as_str()])
+            .inc();
+    }
+
+    /// Sends a command to every other shard (the caller applies it here itself).
+    fn tell_others(&self, make: impl Fn() -> Command) {
+        for (i, handle) in self.shards.iter().enumerate() {
+            if i != self.index {
+                handle.send(make());
+            }
+        }
+    }
+
+    /// A viewer of `room` joined or left this shard: every shard keeps count.
+    fn count_viewer_everywhere(&mut self, room: &RoomId, joined: bool) {
+        let shard = self.index;
+        self.router.count_viewer(room, shard, joined);
+        self.tell_others(|| Command::ViewerCount {
+            room: room.clone(),
+            shard,
+            joined,
+        });
+    }
+
+    /// Ends a session and frees everything it held. False if it was not here.
+    fn end_peer(&mut self, key: PeerKey, reason: &str) -> bool {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return false;
+        };
+        self.by_ufrag.remove(&peer.ufrag);
+        for addr in &peer.remote_addrs {
+            self.by_addr.remove(addr);
+        }
+        peer.rtc.disconnect();
+        self.registry.remove_session(key, &peer.room, peer.role);
+        let room = peer.room.clone();
+        match peer.role {
+            Role::Publisher => {
+                self.router.set_local_publisher(&room, None);
+                self.publisher_left_here(&room);
+                self.tell_others(|| Command::PublisherLeft { room: room.clone() });
+            }
+            Role::Viewer => {
+                self.router.remove_local_viewer(&room, key);
+                self.count_viewer_everywhere(&room, false);
+            }
+        }
+        self.metrics
+            .sessions_ended
+            .with_label_values(&[peer.role.as_str()])
+            .inc();
+        tracing::info!(session = %key, room = %room, role = peer.role.as_str(), reason, "session ended");
+        true
+    }
+
+    // ---- time ----------------------------------------------------------------
+
+    fn run_timers(&mut self, now: Instant) {
+        let peers = &self.peers;
+        self.due.clear();
+        self.timers.pop_due(
+            now,
+            |key, at| peers.get(&key).is_some_and(|p| p.next_timeout == Some(at)),
+            &mut self.due,
+        );
+        for key in std::mem::take(&mut self.due) {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.handle_input(Input::Timeout(now));
+                peer.next_timeout = None;
+                enqueue(&mut self.queue, peer);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let timeout = self.settings.reap_timeout;
+        let doomed: Vec<(PeerKey, &'static str)> = self
+            .peers
+            .values()
+            .filter_map(|p| p.reap_reason(now, timeout).map(|why| (p.key, why)))
+            .collect();
+        for (key, why) in doomed {
+            self.end_peer(key, why);
+        }
+        self.drain_queue();
+    }
+
+    // ---- output: drain peers, fan out media ------------------------------------
+
+    fn drain_queue(&mut self) {
+        while let Some(key) = self.queue.pop() {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            peer.queued = false;
+            let before = peer.next_timeout;
+            let sockets = &self.sockets;
+            let metrics = &self.metrics;
+            peer.drain(&mut |t| send(sockets, metrics, t), &mut self.events);
+            if let Some(at) = peer.next_timeout {
+                if before != Some(at) {
+                    self.timers.schedule(key, at);
+                }
+            }
+            let events = std::mem::take(&mut self.events);
+            let mut events = events;
+            for event in events.drain(..) {
+                self.on_peer_event(key, event);
+            }
+            self.events = events;
+        }
+    }
+
+    fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
+        match event {
+            PeerEvent::Media(packet) => {
+                let packet = Arc::new(packet);
+                self.metrics.packets_in.inc();
+                self.fan_out_local(&packet);
+                for shard in self.router.remote_shards(&packet.room) {
+                    self.outbox[shard].push(Arc::clone(&packet));
+                }
+            }
+            PeerEvent::Connected => {
+                if let Some(peer) = self.peers.get(&key) {
+                    tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), "connected");
+                    if peer.role == Role::Viewer {
+                        let room = peer.room.clone();
+                        self.ask_keyframe(key, &room, Instant::now());
+                    }
+                }
+            }
+            PeerEvent::KeyframeWanted => {
+                if let Some(room) = self.peers.get(&key).map(|p| p.room.clone()) {
+                    self.ask_keyframe(key, &room, Instant::now());
+                }
+            }
+            PeerEvent::Gone(why) => {
+                self.end_peer(key, why);
+            }
+        }
+    }
+
+    /// Writes one packet to every viewer of its room on this shard.
+    fn fan_out_local(&mut self, packet: &Arc<MediaPacket>) {
+        let Some(room) = self.router.room(&packet.room) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut wants_keyframe = false;
+        for key in &room.viewers {
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            match peer.write(packet) {
+                WriteOutcome::Written => {
+                    self.metrics.packets_out.inc();
+                    enqueue(&mut self.queue, peer);
+                }
+                WriteOutcome::NeedsKeyframe => {
+                    let interval = self.keyframe_request_interval;
+                    if peer
+                        .keyframe_asked
+                        .is_none_or(|at| now.saturating_duration_since(at) >= interval)
+                    {
+                        peer.keyframe_asked = Some(now);
+                        wants_keyframe = true;
+                    }
+                }
+                WriteOutcome::Skipped => {}
+            }
+        }
+        if wants_keyframe {
+            let room = packet.room.clone();
+            self.request_keyframe_anywhere(&room, now);
+        }
+    }
+
+    /// A viewer needs a keyframe: ask the room's publisher, wherever it lives.
+    fn ask_keyframe(&mut self, viewer: PeerKey, room: &RoomId, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(&viewer) {
+            peer.keyframe_asked = Some(now);
+        }
+        self.request_keyframe_anywhere(room, now);
+    }
+
+    fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
+        if self.router.room(room).and_then(|r| r.publisher).is_some() {
+            self.request_keyframe_here(room, now);
+        } else {
+            self.tell_others(|| Command::WantKeyframe { room: room.clone() });
+        }
+    }
+
+    fn request_keyframe_here(&mut self, room: &str, now: Instant) {
+        let Some(key) = self.router.room(room).and_then(|r| r.publisher) else {
+            return;
+        };
+        let interval = self.keyframe_request_interval;
+        if let Some(peer) = self.peers.get_mut(&key) {
+            if peer.request_keyframe(now, interval) {
+                self.metrics.keyframe_requests.inc();
+                enqueue(&mut self.queue, peer);
+            }
+        }
+    }
+
+    fn publisher_left_here(&mut self, room: &str) {
+        let Some(r) = self.router.room(room) else {
+            return;
+        };
+        for key in &r.viewers {
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.publisher_left();
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (shard, batch) in self.outbox.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let packets = std::mem::take(batch);
+            self.shards[shard].send(Command::Media(packets));
+        }
+    }
+}
+
+/// Puts a peer on the drain list once.
+fn enqueue(queue: &mut Vec<PeerKey>, peer: &mut Peer) {
+    if !peer.queued {
+        peer.queued = true;
+        queue.push(peer.key);
+    }
+}
+
+fn send(sockets: &ShardSockets, metrics: &Metrics, transmit: Transmit) {
+    let index = sockets.index_of(transmit.source).unwrap_or(0);
+    let Some(socket) = sockets.sockets.get(index) else {
+        return;
+    };
+    match socket.send_to(&transmit.contents, transmit.destination) {
+        Ok(_) => metrics.datagrams_sent.inc(),
+        Err(e) => {
+            metrics.send_errors.inc();
+            tracing::trace!(error = %e, to = %transmit.destination, "send failed");
+        }
+    }
+}
+
+/// The ufrag a STUN binding request is addressed to (ours, before the colon).
+fn stun_target(data: &[u8]) -> Option<&str> {
+    // STUN starts with two zero bits and carries the magic cookie.
+    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let message = StunMessage::parse(data).ok()?;
+    let (ours, _theirs) = message.split_username()?;
+    // Lifetime: the name borrows `data`, which outlives this call.
+    let start = data
+        .windows(ours.len())
+        .position(|w| w == ours.as_bytes())?;
+    std::str::from_utf8(&data[start..start + ours.len()]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_stun_has_no_target() {
+        assert_eq!(stun_target(&[0x80; 40]), None);
+        assert_eq!(stun_target(&[]), None);
+        assert_eq!(stun_target(&[0u8; 20]), None);
+    }
+}
