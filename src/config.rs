@@ -99,7 +99,7 @@ impl Default for MediaConfig {
             udp_port_min: 50000,
             udp_port_max: 50099,
             public_ips: Vec::new(),
-            keyframe_cache_bytes: 4 * 1024 * 1024,
+            keyframe_cache_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Every Prometheus metric Switchboard exposes, defined in one place.
 //! Counters are lock-free atomics, so shards update them on the packet path.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -15,6 +15,7 @@ pub struct Metrics {
     pub datagrams_dropped: IntCounter,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounter,
+    pub first_video_seconds: Histogram,
 }
 
 impl Metrics {
@@ -41,7 +42,19 @@ impl Metrics {
         registry
             .register(Box::new(sessions_active.clone()))
             .expect("metric registered once");
+        let first_video_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "viewer_first_video_seconds",
+                "Time from a viewer's WHEP offer to the first video packet (a keyframe) sent to it.",
+            )
+            .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0, 8.0, 16.0]),
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(first_video_seconds.clone()))
+            .expect("metric registered once");
         Metrics {
+            first_video_seconds,
             sessions_started: counter_vec(
                 "sessions_started_total",
                 "Sessions created, by role.",

@@ -102,6 +102,10 @@ pub struct Peer {
     pub queued: bool,
     /// When this viewer last asked its publisher for a keyframe.
     pub keyframe_asked: Option<Instant>,
+    /// Live packets wait while the keyframe cache is on its way from another shard.
+    pub awaiting_replay: bool,
+    /// When the first video packet was written to this viewer.
+    pub first_video_at: Option<Instant>,
     /// The client's offer, kept to renegotiate on an ICE restart.
     offer_text: String,
     pub publisher: PublisherSide,
@@ -155,6 +159,8 @@ impl Peer {
             ufrag: String::new(),
             queued: false,
             keyframe_asked: None,
+            awaiting_replay: false,
+            first_video_at: None,
             offer_text: offer_text.to_string(),
             publisher: PublisherSide::default(),
             viewer: ViewerSide::default(),
@@ -285,6 +291,12 @@ impl Peer {
     /// Writes a forwarded packet into this viewer's outgoing stream.
     pub fn write(&mut self, packet: &MediaPacket) -> WriteOutcome {
         self.viewer.write(&mut self.rtc, packet)
+    }
+
+    /// Writes the keyframe cache to a viewer that just connected.
+    pub fn replay(&mut self, packets: &[std::sync::Arc<MediaPacket>]) -> usize {
+        self.awaiting_replay = false;
+        self.viewer.replay(&mut self.rtc, packets)
     }
 
     /// The room's publisher left: the viewer's streams wait for the next one.

@@ -20,6 +20,7 @@ pub struct ViewerSide {
 /// One outgoing m-line of the viewer and what it currently shows.
 #[derive(Debug)]
 struct Slot {
+    #[allow(dead_code)] // kept for logs and the coming multi-slot layouts
     mid: Mid,
     kind: MediaKind,
     ssrc: Ssrc,
@@ -96,7 +97,47 @@ impl ViewerSide {
         }
     }
 
+    /// Writes the keyframe cache to a viewer that just connected: the group of
+    /// pictures since the last keyframe, in order. Their timestamps are squeezed
+    /// towards the newest one (one millisecond apart), so the viewer decodes them all
+    /// at once and then plays the live stream with no added delay; sequence numbers
+    /// run on into the live stream as usual.
+    pub fn replay(&mut self, rtc: &mut Rtc, packets: &[std::sync::Arc<MediaPacket>]) -> usize {
+        let Some(newest) = packets.last() else {
+            return 0;
+        };
+        let frames = count_frames(packets);
+        let mut frame_index = 0u32;
+        let mut previous_ts = packets[0].timestamp;
+        let mut written = 0;
+        for packet in packets {
+            if packet.timestamp != previous_ts {
+                frame_index += 1;
+                previous_ts = packet.timestamp;
+            }
+            let frames_before_newest = frames.saturating_sub(1).saturating_sub(frame_index);
+            let step = packet.codec.clock_rate.get() / 1000;
+            let squeeze = Squeeze {
+                newest_ts: newest.timestamp,
+                back: frames_before_newest.saturating_mul(step),
+            };
+            if self.write_one(rtc, packet, Some(squeeze)) == WriteOutcome::Written {
+                written += 1;
+            }
+        }
+        written
+    }
+
     pub fn write(&mut self, rtc: &mut Rtc, packet: &MediaPacket) -> WriteOutcome {
+        self.write_one(rtc, packet, None)
+    }
+
+    fn write_one(
+        &mut self,
+        rtc: &mut Rtc,
+        packet: &MediaPacket,
+        squeeze: Option<Squeeze>,
+    ) -> WriteOutcome {
         // Broadcast: the first slot of the packet's kind shows the room's publisher.
         let Some(slot) = self.slots.iter_mut().find(|s| s.kind == packet.kind) else {
             return WriteOutcome::Skipped;
@@ -128,11 +169,18 @@ impl ViewerSide {
             keyframe: packet.keyframe,
             arrival: packet.arrival,
         };
-        let out = match forwarder.forward(&meta) {
+        let mut out = match forwarder.forward(&meta) {
             Ok(out) => out,
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
             Err(Drop::BeforeSwitch) => return WriteOutcome::Skipped,
         };
+        if let Some(s) = squeeze {
+            // Where the newest cached picture lands, minus this picture's place before it.
+            let newest_out = out
+                .timestamp
+                .wrapping_add(s.newest_ts.wrapping_sub(packet.timestamp));
+            out.timestamp = newest_out.wrapping_sub(s.back);
+        }
         let mut api = rtc.direct_api();
         let Some(stream) = api.stream_tx(&slot.ssrc) else {
             return WriteOutcome::Skipped;
@@ -154,7 +202,26 @@ impl ViewerSide {
             .ext_vals(ext_vals)
             .nackable(packet.kind == MediaKind::Video),
         );
-        let _ = slot.mid;
         WriteOutcome::Written
     }
+}
+
+/// How a replayed packet's timestamp is moved (see [`ViewerSide::replay`]).
+#[derive(Debug, Clone, Copy)]
+struct Squeeze {
+    newest_ts: u32,
+    back: u32,
+}
+
+/// Pictures (distinct consecutive timestamps) in a run of packets.
+fn count_frames(packets: &[std::sync::Arc<MediaPacket>]) -> u32 {
+    let mut frames = 0;
+    let mut previous = None;
+    for p in packets {
+        if previous != Some(p.timestamp) {
+            frames += 1;
+            previous = Some(p.timestamp);
+        }
+    }
+    frames
 }

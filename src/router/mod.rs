@@ -7,6 +7,7 @@
 //! as one `Arc` to every other shard that has viewers of the room.
 
 pub mod forward;
+pub mod gop_cache;
 pub mod keyframe;
 pub mod payload_type;
 
@@ -18,6 +19,7 @@ use str0m::format::CodecSpec;
 use str0m::media::MediaKind;
 
 use crate::peer::PeerKey;
+use gop_cache::GopCache;
 
 /// A room's name, shared cheaply between the packets and tables that mention it.
 pub type RoomId = Arc<str>;
@@ -49,8 +51,12 @@ pub struct LocalRoom {
     pub viewers: Vec<PeerKey>,
     /// The room's publisher, if its `Rtc` lives on this shard.
     pub publisher: Option<PeerKey>,
+    /// The shard the room's publisher lives on, wherever that is.
+    pub publisher_shard: Option<usize>,
     /// Number of the room's viewers on each shard (index = shard), this one included.
     viewers_per_shard: Vec<u32>,
+    /// Keyframe caches of the local publisher's video streams, by source.
+    gops: Vec<(u64, GopCache)>,
 }
 
 #[derive(Debug)]
@@ -93,8 +99,50 @@ impl Router {
     }
 
     pub fn set_local_publisher(&mut self, room: &RoomId, peer: Option<PeerKey>) {
-        self.room_mut(room).publisher = peer;
+        let shard = self.shard;
+        let r = self.room_mut(room);
+        r.publisher = peer;
+        r.publisher_shard = peer.map(|_| shard);
+        r.gops.clear();
         self.forget_if_empty(room);
+    }
+
+    /// Where `room`'s publisher lives (told by every shard that gets one).
+    pub fn set_publisher_shard(&mut self, room: &RoomId, shard: Option<usize>) {
+        self.room_mut(room).publisher_shard = shard;
+        self.forget_if_empty(room);
+    }
+
+    /// Keeps a local publisher's video packet for viewers who join later.
+    pub fn cache(&mut self, packet: &Arc<MediaPacket>, max_bytes: usize) {
+        if packet.kind != MediaKind::Video || max_bytes == 0 {
+            return;
+        }
+        let Some(r) = self.rooms.get_mut(&packet.room) else {
+            return;
+        };
+        match r
+            .gops
+            .iter_mut()
+            .find(|(source, _)| *source == packet.source)
+        {
+            Some((_, gop)) => gop.push(packet),
+            None => {
+                let mut gop = GopCache::new(max_bytes);
+                gop.push(packet);
+                r.gops.push((packet.source, gop));
+            }
+        }
+    }
+
+    /// What a new viewer of `room` needs to start at once: the cached group of
+    /// the first video stream that has one (empty if none).
+    pub fn gop_snapshot(&self, room: &str) -> Vec<Arc<MediaPacket>> {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.gops.iter().find(|(_, g)| !g.is_empty()))
+            .map(|(_, g)| g.snapshot())
+            .unwrap_or_default()
     }
 
     /// A viewer of `room` joined (`+1`) or left (`-1`) on `shard`. Every shard

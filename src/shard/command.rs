@@ -43,6 +43,22 @@ pub enum Command {
     WantKeyframe {
         room: RoomId,
     },
+    /// `room`'s publisher now lives on `shard`.
+    PublisherAt {
+        room: RoomId,
+        shard: usize,
+    },
+    /// To the publisher's shard: send `viewer` (on `shard`) the keyframe cache.
+    WantReplay {
+        room: RoomId,
+        viewer: PeerKey,
+        shard: usize,
+    },
+    /// From the publisher's shard: what `viewer` needs to start (may be empty).
+    Replay {
+        viewer: PeerKey,
+        packets: Vec<Arc<MediaPacket>>,
+    },
     /// `room`'s publisher left: viewers wait for the next one.
     PublisherLeft {
         room: RoomId,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::ice::StunMessage;
+use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::Input;
 
@@ -65,6 +66,7 @@ pub struct Shard {
     rx: Receiver<Command>,
     settings: PeerSettings,
     keyframe_request_interval: Duration,
+    keyframe_cache_bytes: usize,
 }
 
 impl Shard {
@@ -95,6 +97,7 @@ impl Shard {
             rx,
             settings,
             keyframe_request_interval: config.session.keyframe_request_interval,
+            keyframe_cache_bytes: config.media.keyframe_cache_bytes,
         };
         Ok((shard, ShardHandle { tx, waker }))
     }
@@ -125,6 +128,7 @@ impl Shard {
                     metrics,
                     settings: self.settings,
                     keyframe_request_interval: self.keyframe_request_interval,
+                    keyframe_cache_bytes: self.keyframe_cache_bytes,
                     peers: HashMap::new(),
                     by_addr: HashMap::new(),
                     by_ufrag: HashMap::new(),
@@ -152,6 +156,7 @@ struct ShardLoop {
     metrics: Arc<Metrics>,
     settings: PeerSettings,
     keyframe_request_interval: Duration,
+    keyframe_cache_bytes: usize,
     peers: HashMap<PeerKey, Peer>,
     /// (remote address, local socket index) → peer: one lookup per datagram.
     by_addr: HashMap<(SocketAddr, usize), PeerKey>,
@@ -333,7 +338,27 @@ impl ShardLoop {
                     }
                 }
                 Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
-                Command::PublisherLeft { room } => self.publisher_left_here(&room),
+                Command::PublisherAt { room, shard } => {
+                    self.router.set_publisher_shard(&room, Some(shard))
+                }
+                Command::PublisherLeft { room } => {
+                    self.router.set_publisher_shard(&room, None);
+                    self.publisher_left_here(&room);
+                }
+                Command::WantReplay {
+                    room,
+                    viewer,
+                    shard,
+                } => {
+                    let packets = self.router.gop_snapshot(&room);
+                    if packets.is_empty() {
+                        self.request_keyframe_here(&room, Instant::now());
+                    }
+                    if let Some(handle) = self.shards.get(shard) {
+                        handle.send(Command::Replay { viewer, packets });
+                    }
+                }
+                Command::Replay { viewer, packets } => self.replay(viewer, &packets),
                 Command::Shutdown => return false,
             }
         }
@@ -370,7 +395,14 @@ impl ShardLoop {
         enqueue(&mut self.queue, &mut peer);
         self.peers.insert(key, peer);
         match role {
-            Role::Publisher => self.router.set_local_publisher(&room, Some(key)),
+            Role::Publisher => {
+                self.router.set_local_publisher(&room, Some(key));
+                let shard = self.index;
+                self.tell_others(|| Command::PublisherAt {
+                    room: room.clone(),
+                    shard,
+                });
+            }
             Role::Viewer => {
                 self.router.add_local_viewer(&room, key);
                 self.count_viewer_everywhere(&room, true);
@@ -497,6 +529,7 @@ impl ShardLoop {
             PeerEvent::Media(packet) => {
                 let packet = Arc::new(packet);
                 self.metrics.packets_in.inc();
+                self.router.cache(&packet, self.keyframe_cache_bytes);
                 self.fan_out_local(&packet);
                 for shard in self.router.remote_shards(&packet.room) {
                     self.outbox[shard].push(Arc::clone(&packet));
@@ -506,8 +539,7 @@ impl ShardLoop {
                 if let Some(peer) = self.peers.get(&key) {
                     tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), "connected");
                     if peer.role == Role::Viewer {
-                        let room = peer.room.clone();
-                        self.ask_keyframe(key, &room, Instant::now());
+                        self.start_viewer(key);
                     }
                 }
             }
@@ -533,12 +565,15 @@ impl ShardLoop {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
             };
-            if !peer.connected {
+            if !peer.connected || peer.awaiting_replay {
                 continue;
             }
             match peer.write(packet) {
                 WriteOutcome::Written => {
                     self.metrics.packets_out.inc();
+                    if peer.first_video_at.is_none() && packet.kind == MediaKind::Video {
+                        note_first_video(peer, &self.metrics);
+                    }
                     enqueue(&mut self.queue, peer);
                 }
                 WriteOutcome::NeedsKeyframe => {
@@ -558,6 +593,51 @@ impl ShardLoop {
             let room = packet.room.clone();
             self.request_keyframe_anywhere(&room, now);
         }
+    }
+
+    /// A viewer just connected: give it the keyframe cache (from this shard or
+    /// the publisher's), or ask the publisher for a keyframe if there is none.
+    fn start_viewer(&mut self, key: PeerKey) {
+        let Some(room) = self.peers.get(&key).map(|p| p.room.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        let (local_publisher, publisher_shard) = match self.router.room(&room) {
+            Some(r) => (r.publisher, r.publisher_shard),
+            None => (None, None),
+        };
+        if local_publisher.is_some() {
+            let packets = self.router.gop_snapshot(&room);
+            if packets.is_empty() {
+                self.ask_keyframe(key, &room, now);
+            } else {
+                self.replay(key, &packets);
+            }
+        } else if let Some(shard) = publisher_shard {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.awaiting_replay = true;
+                peer.keyframe_asked = Some(now);
+            }
+            self.shards[shard].send(Command::WantReplay {
+                room,
+                viewer: key,
+                shard: self.index,
+            });
+        }
+        // No publisher yet: the viewer starts on the first keyframe of the next one.
+    }
+
+    fn replay(&mut self, viewer: PeerKey, packets: &[Arc<MediaPacket>]) {
+        let Some(peer) = self.peers.get_mut(&viewer) else {
+            return;
+        };
+        let written = peer.replay(packets);
+        if written > 0 {
+            self.metrics.packets_out.inc_by(written as u64);
+            note_first_video(peer, &self.metrics);
+            enqueue(&mut self.queue, peer);
+        }
+        tracing::debug!(session = %viewer, packets = packets.len(), written, "keyframe cache replayed");
     }
 
     /// A viewer needs a keyframe: ask the room's publisher, wherever it lives.
@@ -596,6 +676,7 @@ impl ShardLoop {
         for key in &r.viewers {
             if let Some(peer) = self.peers.get_mut(key) {
                 peer.publisher_left();
+                peer.awaiting_replay = false;
             }
         }
     }
@@ -608,6 +689,17 @@ impl ShardLoop {
             let packets = std::mem::take(batch);
             self.shards[shard].send(Command::Media(packets));
         }
+    }
+}
+
+/// Records the time from a viewer's offer to its first video packet.
+fn note_first_video(peer: &mut Peer, metrics: &Metrics) {
+    if peer.first_video_at.is_none() {
+        let now = Instant::now();
+        peer.first_video_at = Some(now);
+        metrics
+            .first_video_seconds
+            .observe(now.saturating_duration_since(peer.created).as_secs_f64());
     }
 }
 
