@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::CodecSpec;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::Rtc;
 
 use crate::router::keyframe::starts_keyframe;
+use crate::router::simulcast;
 use crate::router::{MediaPacket, RoomId};
 
 /// Unique per incoming stream in this process: a viewer's forwarder switches
@@ -18,16 +19,29 @@ static NEXT_SOURCE: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Default)]
 pub struct PublisherSide {
-    media: Vec<(Mid, MediaKind)>,
+    media: Vec<PublishedMedia>,
     codecs: Vec<(Pt, CodecSpec)>,
     streams: Vec<IncomingStream>,
     last_keyframe_request: Option<Instant>,
+}
+
+/// One m-line the client sends on: a track, maybe in several simulcast layers.
+#[derive(Debug)]
+struct PublishedMedia {
+    mid: Mid,
+    kind: MediaKind,
+    /// Unique in this process; a viewer's slot sticks to one track.
+    track: u64,
+    /// The rids offered for it (empty without simulcast).
+    rids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct IncomingStream {
     ssrc: Ssrc,
     source: u64,
+    track: u64,
+    layer: u8,
     kind: MediaKind,
 }
 
@@ -44,6 +58,10 @@ impl PublisherSide {
             }
             let kind = media.kind();
             let pts = media.remote_pts().to_vec();
+            let rids: Vec<String> = match media.rids_rx() {
+                Rids::Specific(list) => list.iter().map(|r| r.to_string()).collect(),
+                _ => Vec::new(),
+            };
             if pts.is_empty() {
                 continue;
             }
@@ -54,7 +72,12 @@ impl PublisherSide {
                     self.codecs.push((params.pt(), params.spec()));
                 }
             }
-            self.media.push((mid, kind));
+            self.media.push(PublishedMedia {
+                mid,
+                kind,
+                track: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
+                rids,
+            });
         }
     }
 
@@ -89,6 +112,8 @@ impl PublisherSide {
             room: room.clone(),
             kind: stream.kind,
             source: stream.source,
+            track: stream.track,
+            layer: stream.layer,
             codec,
             seq: *packet.seq_no,
             timestamp: packet.header.timestamp,
@@ -102,14 +127,21 @@ impl PublisherSide {
     }
 
     fn learn_stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<IncomingStream> {
-        let mid = rtc.direct_api().stream_rx(&ssrc)?.mid();
-        let kind = self.media.iter().find(|(m, _)| *m == mid)?.1;
+        let (mid, rid) = {
+            let mut api = rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let media = self.media.iter().find(|m| m.mid == mid)?;
+        let rid = rid.map(|r| r.to_string());
         let stream = IncomingStream {
             ssrc,
             source: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
-            kind,
+            track: media.track,
+            layer: simulcast::rank(rid.as_deref(), &media.rids),
+            kind: media.kind,
         };
-        tracing::debug!(%ssrc, %mid, ?kind, source = stream.source, "new incoming stream");
+        tracing::debug!(%ssrc, %mid, ?rid, layer = stream.layer, source = stream.source, "new incoming stream");
         self.streams.push(stream);
         Some(stream)
     }

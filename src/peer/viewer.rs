@@ -27,6 +27,9 @@ struct Slot {
     pts: Vec<(Pt, CodecSpec)>,
     /// The last codec mapped and the viewer's payload type for it.
     mapped: Option<(CodecSpec, Pt)>,
+    /// The publisher track shown, and the layer of it being forwarded.
+    track: Option<u64>,
+    layer: u8,
     forwarder: Option<Forwarder>,
 }
 
@@ -76,6 +79,8 @@ impl ViewerSide {
                 ssrc,
                 pts,
                 mapped: None,
+                track: None,
+                layer: 0,
                 forwarder: None,
             });
         }
@@ -91,6 +96,7 @@ impl ViewerSide {
 
     pub fn clear_sources(&mut self) {
         for slot in &mut self.slots {
+            slot.track = None;
             if let Some(f) = &mut slot.forwarder {
                 f.clear_source();
             }
@@ -158,9 +164,17 @@ impl ViewerSide {
                 packet.codec.clock_rate.get(),
             )
         });
-        // A slot sticks to its source until that publisher leaves.
-        if forwarder.source().is_some_and(|s| s != packet.source) {
+        // A slot sticks to one track until its publisher leaves; within it, it
+        // moves to a better simulcast layer on that layer's keyframe.
+        if slot.track.is_some_and(|t| t != packet.track) {
             return WriteOutcome::Skipped;
+        }
+        if forwarder.source().is_some_and(|s| s != packet.source) {
+            if packet.layer < slot.layer && packet.keyframe {
+                forwarder.clear_source();
+            } else {
+                return WriteOutcome::Skipped;
+            }
         }
         let meta = PacketMeta {
             source: packet.source,
@@ -170,7 +184,11 @@ impl ViewerSide {
             arrival: packet.arrival,
         };
         let mut out = match forwarder.forward(&meta) {
-            Ok(out) => out,
+            Ok(out) => {
+                slot.track = Some(packet.track);
+                slot.layer = packet.layer;
+                out
+            }
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
             Err(Drop::BeforeSwitch) => return WriteOutcome::Skipped,
         };

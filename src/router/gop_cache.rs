@@ -87,6 +87,8 @@ mod tests {
             room: "r".into(),
             kind: MediaKind::Video,
             source: 1,
+            track: 1,
+            layer: 0,
             codec: CodecSpec {
                 codec: Codec::Vp8,
                 clock_rate: Frequency::NINETY_KHZ,

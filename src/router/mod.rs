@@ -10,6 +10,7 @@ pub mod forward;
 pub mod gop_cache;
 pub mod keyframe;
 pub mod payload_type;
+pub mod simulcast;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +30,12 @@ pub type RoomId = Arc<str>;
 pub struct MediaPacket {
     pub room: RoomId,
     pub kind: MediaKind,
-    /// The publisher stream it belongs to; unique in this process.
+    /// The publisher stream (one SSRC) it belongs to; unique in this process.
     pub source: u64,
+    /// The publisher track (m-line) it belongs to; its simulcast layers share it.
+    pub track: u64,
+    /// Simulcast quality rank within the track: 0 is the best (or no simulcast).
+    pub layer: u8,
     /// The codec and its parameters, as the publisher negotiated them.
     pub codec: CodecSpec,
     /// Extended sequence number from the publisher.
@@ -56,7 +61,7 @@ pub struct LocalRoom {
     /// Number of the room's viewers on each shard (index = shard), this one included.
     viewers_per_shard: Vec<u32>,
     /// Keyframe caches of the local publisher's video streams, by source.
-    gops: Vec<(u64, GopCache)>,
+    gops: Vec<(u64, u8, GopCache)>,
 }
 
 #[derive(Debug)]
@@ -124,24 +129,29 @@ impl Router {
         match r
             .gops
             .iter_mut()
-            .find(|(source, _)| *source == packet.source)
+            .find(|(source, _, _)| *source == packet.source)
         {
-            Some((_, gop)) => gop.push(packet),
+            Some((_, _, gop)) => gop.push(packet),
             None => {
                 let mut gop = GopCache::new(max_bytes);
                 gop.push(packet);
-                r.gops.push((packet.source, gop));
+                r.gops.push((packet.source, packet.layer, gop));
             }
         }
     }
 
     /// What a new viewer of `room` needs to start at once: the cached group of
-    /// the first video stream that has one (empty if none).
+    /// the best simulcast layer that has one (empty if none).
     pub fn gop_snapshot(&self, room: &str) -> Vec<Arc<MediaPacket>> {
         self.rooms
             .get(room)
-            .and_then(|r| r.gops.iter().find(|(_, g)| !g.is_empty()))
-            .map(|(_, g)| g.snapshot())
+            .and_then(|r| {
+                r.gops
+                    .iter()
+                    .filter(|(_, _, g)| !g.is_empty())
+                    .min_by_key(|(_, layer, _)| *layer)
+            })
+            .map(|(_, _, g)| g.snapshot())
             .unwrap_or_default()
     }
 
