@@ -21,12 +21,12 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::ice::StunMessage;
 use str0m::media::MediaKind;
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use str0m::Input;
 
 pub use command::{AcceptRequest, Command};
 pub use socket::default_bind_ips;
-use socket::ShardSockets;
+use socket::{SendBatch, ShardSockets};
 use timers::Timers;
 
 use crate::config::Config;
@@ -139,6 +139,7 @@ impl Shard {
                     due: Vec::new(),
                     outbox: vec![Vec::new(); shard_count],
                     buf: vec![0; 2048],
+                    sends: SendBatch::new(),
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
                 };
                 state.run();
@@ -171,6 +172,8 @@ struct ShardLoop {
     /// Packets for other shards, sent once per loop turn as one batch each.
     outbox: Vec<Vec<Arc<MediaPacket>>>,
     buf: Vec<u8>,
+    /// Datagrams to send at the end of this loop turn.
+    sends: SendBatch,
     next_housekeeping: Instant,
 }
 
@@ -507,9 +510,8 @@ impl ShardLoop {
             };
             peer.queued = false;
             let before = peer.next_timeout;
-            let sockets = &self.sockets;
-            let metrics = &self.metrics;
-            peer.drain(&mut |t| send(sockets, metrics, t), &mut self.events);
+            let sends = &mut self.sends;
+            peer.drain(&mut |t| sends.push(t), &mut self.events);
             if let Some(at) = peer.next_timeout {
                 if before != Some(at) {
                     self.timers.schedule(key, at);
@@ -521,7 +523,17 @@ impl ShardLoop {
                 self.on_peer_event(key, event);
             }
             self.events = events;
+            if self.sends.len() >= 4 * SendBatch::CHUNK {
+                self.flush_sends();
+            }
         }
+        self.flush_sends();
+    }
+
+    fn flush_sends(&mut self) {
+        let sent = self.sends.flush(&self.sockets);
+        self.metrics.datagrams_sent.inc_by(sent.datagrams);
+        self.metrics.send_errors.inc_by(sent.failed);
     }
 
     fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
@@ -708,20 +720,6 @@ fn enqueue(queue: &mut Vec<PeerKey>, peer: &mut Peer) {
     if !peer.queued {
         peer.queued = true;
         queue.push(peer.key);
-    }
-}
-
-fn send(sockets: &ShardSockets, metrics: &Metrics, transmit: Transmit) {
-    let index = sockets.index_of(transmit.source).unwrap_or(0);
-    let Some(socket) = sockets.sockets.get(index) else {
-        return;
-    };
-    match socket.send_to(&transmit.contents, transmit.destination) {
-        Ok(_) => metrics.datagrams_sent.inc(),
-        Err(e) => {
-            metrics.send_errors.inc();
-            tracing::trace!(error = %e, to = %transmit.destination, "send failed");
-        }
     }
 }
 

@@ -103,3 +103,104 @@ pub fn default_bind_ips() -> Vec<IpAddr> {
     }
     ips
 }
+
+/// Outgoing datagrams of one loop turn, sent with `sendmmsg` (up to
+/// [`SendBatch::CHUNK`] datagrams per system call) rather than one `sendto` each:
+/// fan-out sends to many destinations at once, which is what `sendmmsg` is for.
+pub struct SendBatch {
+    pending: Vec<str0m::net::Transmit>,
+    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+}
+
+/// What a flush did, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub datagrams: u64,
+    pub failed: u64,
+}
+
+impl SendBatch {
+    pub const CHUNK: usize = 32;
+
+    pub fn new() -> Self {
+        SendBatch {
+            pending: Vec::with_capacity(256),
+            headers: nix::sys::socket::MultiHeaders::preallocate(Self::CHUNK, None),
+        }
+    }
+
+    pub fn push(&mut self, transmit: str0m::net::Transmit) {
+        self.pending.push(transmit);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends everything queued, each datagram from the socket bound to its source.
+    pub fn flush(&mut self, sockets: &ShardSockets) -> Sent {
+        use nix::sys::socket::{sendmmsg, MsgFlags, SockaddrStorage};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+
+        let mut sent = Sent::default();
+        if self.pending.is_empty() {
+            return sent;
+        }
+        // Group by socket so each sendmmsg goes out of one file descriptor.
+        self.pending
+            .sort_by_key(|t| sockets.index_of(t.source).unwrap_or(0));
+        let mut start = 0;
+        while start < self.pending.len() {
+            let socket_index = sockets.index_of(self.pending[start].source).unwrap_or(0);
+            let mut end = start + 1;
+            while end < self.pending.len()
+                && end - start < Self::CHUNK
+                && sockets.index_of(self.pending[end].source).unwrap_or(0) == socket_index
+            {
+                end += 1;
+            }
+            let Some(socket) = sockets.sockets.get(socket_index) else {
+                sent.failed += (end - start) as u64;
+                start = end;
+                continue;
+            };
+            let chunk = &self.pending[start..end];
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|t| [IoSlice::new(&t.contents)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk
+                .iter()
+                .map(|t| Some(SockaddrStorage::from(t.destination)))
+                .collect();
+            match sendmmsg(
+                socket.as_raw_fd(),
+                &mut self.headers,
+                &slices,
+                &addrs,
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => {
+                    let n = results.count().max(1);
+                    sent.datagrams += n as u64;
+                    start += n;
+                }
+                Err(e) => {
+                    // The first datagram of the chunk failed (unreachable, buffer
+                    // full): drop it and go on with the rest.
+                    tracing::trace!(error = %e, to = %chunk[0].destination, "send failed");
+                    sent.failed += 1;
+                    start += 1;
+                }
+            }
+        }
+        self.pending.clear();
+        sent
+    }
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
