@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::CodecSpec;
+use str0m::format::{Codec, CodecSpec};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
-use str0m::rtp::{RtpPacket, Ssrc};
+use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
 use str0m::Rtc;
 
 use crate::router::keyframe::starts_keyframe;
@@ -106,8 +106,17 @@ impl PublisherSide {
             .iter()
             .find(|(p, _)| *p == pt)
             .map(|(_, spec)| *spec)?;
-        let keyframe =
-            stream.kind == MediaKind::Video && starts_keyframe(codec.codec, &packet.payload);
+        let vp8 = match codec.codec {
+            Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
+            _ => None,
+        };
+        let keyframe = match &vp8 {
+            Some(d) => d.starts_keyframe(&packet.payload),
+            None => {
+                stream.kind == MediaKind::Video && starts_keyframe(codec.codec, &packet.payload)
+            }
+        };
+        tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
             kind: stream.kind,
@@ -119,6 +128,7 @@ impl PublisherSide {
             timestamp: packet.header.timestamp,
             marker: packet.header.marker,
             keyframe,
+            vp8,
             arrival: packet.timestamp,
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,

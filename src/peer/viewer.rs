@@ -10,6 +10,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::Rtc;
 
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
+use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
 
 #[derive(Debug, Default)]
@@ -27,6 +28,7 @@ struct Slot {
     pts: Vec<(Pt, CodecSpec)>,
     /// The last codec mapped and the viewer's payload type for it.
     mapped: Option<(CodecSpec, Pt)>,
+    vp8: Vp8Rewriter,
     /// The publisher track shown, and the layer of it being forwarded.
     track: Option<u64>,
     layer: u8,
@@ -79,6 +81,7 @@ impl ViewerSide {
                 ssrc,
                 pts,
                 mapped: None,
+                vp8: Vp8Rewriter::default(),
                 track: None,
                 layer: 0,
                 forwarder: None,
@@ -208,18 +211,25 @@ impl ViewerSide {
             voice_activity: packet.voice_activity,
             ..Default::default()
         };
-        stream.write_rtp(
-            RtpWrite::new(
-                pt,
-                out.seq.into(),
-                out.timestamp,
-                packet.arrival,
-                Arc::clone(&packet.payload),
-            )
-            .marker(packet.marker)
-            .ext_vals(ext_vals)
-            .nackable(packet.kind == MediaKind::Video),
-        );
+        tracing::trace!(seq = out.seq, kind = ?packet.kind, in_seq = packet.seq, "rtp out");
+        let mut write = RtpWrite::new(
+            pt,
+            out.seq.into(),
+            out.timestamp,
+            packet.arrival,
+            Arc::clone(&packet.payload),
+        )
+        .marker(packet.marker)
+        .ext_vals(ext_vals)
+        .nackable(packet.kind == MediaKind::Video);
+        if let Some(patch) = packet
+            .vp8
+            .as_ref()
+            .and_then(|d| slot.vp8.rewrite(packet.source, d))
+        {
+            write = write.vp8_patch(patch);
+        }
+        stream.write_rtp(write);
         WriteOutcome::Written
     }
 }

@@ -99,6 +99,7 @@ mod tests {
             timestamp: seq as u32 * 3000,
             marker: true,
             keyframe,
+            vp8: None,
             arrival: Instant::now(),
             audio_level: None,
             voice_activity: None,

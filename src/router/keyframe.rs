@@ -5,6 +5,7 @@
 //! [`starts_keyframe`] is true, so decoders always begin on a picture they can decode.
 
 use str0m::format::Codec;
+use str0m::rtp::Vp8Descriptor;
 
 /// True when `payload` begins a keyframe (an intra picture the decoder can start on).
 pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
@@ -18,39 +19,9 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     }
 }
 
-/// RFC 7741: payload descriptor, then the VP8 payload header whose bit 0 (P) is 0
-/// for a key frame. Only the first packet of partition 0 (S=1, PID=0) carries it.
+/// RFC 7741, read by str0m's own descriptor parser.
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    let extended = first & 0x80 != 0;
-    let start_of_partition = first & 0x10 != 0;
-    let partition_id = first & 0x0f;
-    if !start_of_partition || partition_id != 0 {
-        return false;
-    }
-    let mut offset = 1;
-    if extended {
-        let Some(&x) = payload.get(offset) else {
-            return false;
-        };
-        offset += 1;
-        if x & 0x80 != 0 {
-            // I: picture id, 7 or 15 bits (M flag).
-            let Some(&pid) = payload.get(offset) else {
-                return false;
-            };
-            offset += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            offset += 1; // L: TL0PICIDX
-        }
-        if x & 0x20 != 0 || x & 0x10 != 0 {
-            offset += 1; // T and/or K share one byte
-        }
-    }
-    payload.get(offset).is_some_and(|b| b & 0x01 == 0)
+    Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload))
 }
 
 /// draft-ietf-payload-vp9: I|P|L|F|B|E|V|Z. A keyframe's first packet has B=1 and

@@ -11,6 +11,7 @@ pub mod gop_cache;
 pub mod keyframe;
 pub mod payload_type;
 pub mod simulcast;
+pub mod vp8;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct MediaPacket {
     pub timestamp: u32,
     pub marker: bool,
     pub keyframe: bool,
+    /// The VP8 payload descriptor, parsed once here for every viewer's rewrite.
+    pub vp8: Option<str0m::rtp::Vp8Descriptor>,
     pub arrival: Instant,
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
@@ -185,6 +188,7 @@ impl Router {
         let empty = self.rooms.get(room).is_some_and(|r| {
             r.viewers.is_empty()
                 && r.publisher.is_none()
+                && r.publisher_shard.is_none()
                 && r.viewers_per_shard.iter().all(|c| *c == 0)
         });
         if empty {
@@ -212,6 +216,16 @@ mod tests {
         assert_eq!(router.remote_shards("r").collect::<Vec<_>>(), vec![2]);
         router.count_viewer(&room, 2, false);
         assert_eq!(router.remote_shards("r").count(), 0);
+    }
+
+    #[test]
+    fn a_remote_publisher_keeps_the_room_known() {
+        let room: RoomId = "r".into();
+        let mut router = Router::new(1, 2);
+        router.set_publisher_shard(&room, Some(0));
+        assert_eq!(router.room("r").and_then(|r| r.publisher_shard), Some(0));
+        router.set_publisher_shard(&room, None);
+        assert_eq!(router.room_count(), 0);
     }
 
     #[test]

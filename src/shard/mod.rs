@@ -279,7 +279,9 @@ impl ShardLoop {
             self.by_addr.insert((source, socket_index), key);
             peer.remote_addrs.push((source, socket_index));
         }
-        enqueue(&mut self.queue, peer);
+        // str0m holds one received RTP packet until the next poll: drain now,
+        // before the next datagram for this peer is handed in.
+        self.drain_peer(key);
     }
 
     // ---- commands from HTTP and other shards ---------------------------------
@@ -342,6 +344,7 @@ impl ShardLoop {
                 }
                 Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
                 Command::PublisherAt { room, shard } => {
+                    tracing::debug!(shard = self.index, %room, publisher_shard = shard, "publisher located");
                     self.router.set_publisher_shard(&room, Some(shard))
                 }
                 Command::PublisherLeft { room } => {
@@ -503,31 +506,39 @@ impl ShardLoop {
 
     // ---- output: drain peers, fan out media ------------------------------------
 
+    /// Drains every queued peer: viewers written to during this loop turn get one
+    /// drain each, however many packets they were given (the batching knob).
     fn drain_queue(&mut self) {
         while let Some(key) = self.queue.pop() {
-            let Some(peer) = self.peers.get_mut(&key) else {
-                continue;
-            };
-            peer.queued = false;
-            let before = peer.next_timeout;
-            let sends = &mut self.sends;
-            peer.drain(&mut |t| sends.push(t), &mut self.events);
-            if let Some(at) = peer.next_timeout {
-                if before != Some(at) {
-                    self.timers.schedule(key, at);
-                }
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.queued = false;
             }
-            let events = std::mem::take(&mut self.events);
-            let mut events = events;
-            for event in events.drain(..) {
-                self.on_peer_event(key, event);
-            }
-            self.events = events;
+            self.drain_peer(key);
             if self.sends.len() >= 4 * SendBatch::CHUNK {
                 self.flush_sends();
             }
         }
         self.flush_sends();
+    }
+
+    /// Polls one peer until it has nothing more to say and acts on its events.
+    fn drain_peer(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let before = peer.next_timeout;
+        let sends = &mut self.sends;
+        let mut events = std::mem::take(&mut self.events);
+        peer.drain(&mut |t| sends.push(t), &mut events);
+        if let Some(at) = peer.next_timeout {
+            if before != Some(at) {
+                self.timers.schedule(key, at);
+            }
+        }
+        for event in events.drain(..) {
+            self.on_peer_event(key, event);
+        }
+        self.events = events;
     }
 
     fn flush_sends(&mut self) {
@@ -626,6 +637,7 @@ impl ShardLoop {
                 self.replay(key, &packets);
             }
         } else if let Some(shard) = publisher_shard {
+            tracing::debug!(session = %key, publisher_shard = shard, "asking for the keyframe cache");
             if let Some(peer) = self.peers.get_mut(&key) {
                 peer.awaiting_replay = true;
                 peer.keyframe_asked = Some(now);
@@ -637,6 +649,9 @@ impl ShardLoop {
             });
         }
         // No publisher yet: the viewer starts on the first keyframe of the next one.
+        else {
+            tracing::debug!(session = %key, "no publisher yet");
+        }
     }
 
     fn replay(&mut self, viewer: PeerKey, packets: &[Arc<MediaPacket>]) {

@@ -147,6 +147,16 @@ impl SendBatch {
         if self.pending.is_empty() {
             return sent;
         }
+        if std::env::var_os("SB_SENDTO").is_some() {
+            for t in self.pending.drain(..) {
+                let i = sockets.index_of(t.source).unwrap_or(0);
+                match sockets.sockets[i].send_to(&t.contents, t.destination) {
+                    Ok(_) => sent.datagrams += 1,
+                    Err(_) => sent.failed += 1,
+                }
+            }
+            return sent;
+        }
         // Group by socket so each sendmmsg goes out of one file descriptor.
         self.pending
             .sort_by_key(|t| sockets.index_of(t.source).unwrap_or(0));
