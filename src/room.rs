@@ -22,6 +22,8 @@ pub struct SessionEntry {
 #[derive(Debug, Default, Clone)]
 pub struct RoomEntry {
     pub publisher: Option<PeerKey>,
+    /// The video codec the publisher offered first (what it sends).
+    pub publisher_video: Option<str0m::format::Codec>,
     pub viewers: usize,
 }
 
@@ -44,6 +46,12 @@ impl Registry {
         }
     }
 
+    pub fn set_publisher_video(&self, room: &RoomId, codec: Option<str0m::format::Codec>) {
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            r.publisher_video = codec;
+        }
+    }
+
     pub fn add_session(&self, key: PeerKey, entry: SessionEntry) {
         if entry.role == Role::Viewer {
             self.rooms.entry(entry.room.clone()).or_default().viewers += 1;
@@ -58,7 +66,10 @@ impl Registry {
         if let Entry::Occupied(mut entry) = self.rooms.entry(room.clone()) {
             let r = entry.get_mut();
             match role {
-                Role::Publisher if r.publisher == Some(key) => r.publisher = None,
+                Role::Publisher if r.publisher == Some(key) => {
+                    r.publisher = None;
+                    r.publisher_video = None;
+                }
                 Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),
                 _ => {}
             }

@@ -292,3 +292,47 @@ async fn a_playback_offer_on_whip_is_refused_with_the_reason() {
     assert!(posted.body.contains("sendonly"), "{}", posted.body);
     server.shutdown().await;
 }
+
+/// The first codec of each video m-line of an answer.
+fn first_video_codecs(answer: &SdpSession) -> Vec<String> {
+    answer
+        .media
+        .iter()
+        .filter(|m| m.get_type().to_string() == "video" && m.get_port() != 0)
+        .filter_map(|m| {
+            m.get_attributes_of_type(SdpAttributeType::Rtpmap)
+                .into_iter()
+                .find_map(|a| match a {
+                    SdpAttribute::Rtpmap(r) => Some(r.codec_name.to_ascii_uppercase()),
+                    _ => None,
+                })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_answer_leads_with_the_codec_the_publisher_sends() {
+    let server = Server::start(Config::for_tests())
+        .await
+        .expect("server starts");
+    let viewer_offer =
+        std::fs::read_to_string(corpus_dir().join("chrome-millicast-recvonly-mdns.sdp"))
+            .expect("offer");
+    // Without a publisher, our own preference (VP8) leads.
+    let before = post(&server, "whep", "lead", &viewer_offer).await;
+    assert_eq!(before.status, 201, "{}", before.body);
+    assert!(first_video_codecs(&parse(&before.body, "answer"))
+        .iter()
+        .all(|c| c == "VP8"));
+    // OBS publishes H264: a viewer's answer now lists H264 first.
+    let obs = std::fs::read_to_string(corpus_dir().join("obs-libdatachannel-exwebrtc.sdp"))
+        .expect("offer");
+    let published = post(&server, "whip", "lead", &obs).await;
+    assert_eq!(published.status, 201, "{}", published.body);
+    let after = post(&server, "whep", "lead", &viewer_offer).await;
+    assert_eq!(after.status, 201, "{}", after.body);
+    let firsts = first_video_codecs(&parse(&after.body, "answer"));
+    assert!(!firsts.is_empty());
+    assert!(firsts.iter().all(|c| c == "H264"), "{firsts:?}");
+    server.shutdown().await;
+}

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use super::problem::Problem;
 use super::{sdpfrag, AppState};
 use crate::metrics::client_family;
-use crate::peer::{AcceptError, PeerKey, Role};
+use crate::peer::{offer, AcceptError, PeerKey, Role};
 use crate::room::SessionEntry;
 use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command};
@@ -122,6 +122,10 @@ async fn create_session(
 
     let room: RoomId = room.into();
     let key = PeerKey::random();
+    let preferred_video = match role {
+        Role::Publisher => offer::first_sent_video_codec(&offer::summarize(&text)),
+        Role::Viewer => state.registry.room(&room).and_then(|r| r.publisher_video),
+    };
     if role == Role::Publisher {
         state.registry.claim_publisher(&room, key).map_err(|_| {
             Problem::new(
@@ -139,6 +143,7 @@ async fn create_session(
         room: room.clone(),
         offer,
         offer_text: text,
+        preferred_video,
         reply,
     };
     let sent = state.shards[shard].send(Command::Accept(Box::new(request)));
@@ -164,6 +169,9 @@ async fn create_session(
             });
         }
     };
+    if role == Role::Publisher {
+        state.registry.set_publisher_video(&room, preferred_video);
+    }
     let etag = format!("\"{:016x}\"", rand::random::<u64>());
     state.registry.add_session(
         key,

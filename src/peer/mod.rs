@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
+use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::net::Transmit;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
@@ -132,11 +133,28 @@ impl Peer {
         settings: &PeerSettings,
         now: Instant,
     ) -> Result<(Peer, String), AcceptError> {
+        Self::accept_preferring(key, role, room, offer, offer_text, settings, None, now)
+    }
+
+    /// Like [`Peer::accept`], listing `preferred_video` first in the answer: a
+    /// viewer's answer leads with the codec the room's publisher sends, since we
+    /// never transcode.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_preferring(
+        key: PeerKey,
+        role: Role,
+        room: RoomId,
+        offer: SdpOffer,
+        offer_text: &str,
+        settings: &PeerSettings,
+        preferred_video: Option<Codec>,
+        now: Instant,
+    ) -> Result<(Peer, String), AcceptError> {
         let offered = offer::summarize(offer_text);
         if let Some(why) = offer::nothing_usable(&offered, role == Role::Publisher) {
             return Err(AcceptError::Unusable(why));
         }
-        let mut rtc = rtc_config(settings).build(now);
+        let mut rtc = rtc_config(settings, preferred_video).build(now);
         for candidate in &settings.local_candidates {
             rtc.add_local_candidate(candidate.clone());
         }
@@ -328,16 +346,33 @@ impl Peer {
     }
 }
 
-fn rtc_config(settings: &PeerSettings) -> RtcConfig {
-    RtcConfig::new()
+/// The video codecs we forward, in our default order of preference.
+const VIDEO_CODECS: [Codec; 5] = [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::H265, Codec::Av1];
+
+fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcConfig {
+    let mut config = RtcConfig::new()
         .set_rtp_mode(true)
         .set_dtls_cert(settings.dtls_cert.clone())
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .enable_vp9(true)
-        .enable_h264(true)
-        .enable_h265(true)
-        .enable_av1(true)
+        .clear_codecs()
+        .enable_opus(true, false);
+    // Each enable_* appends its payload types: the order of the calls is the order
+    // of preference in our answers.
+    let order = preferred_video.into_iter().chain(
+        VIDEO_CODECS
+            .into_iter()
+            .filter(|c| Some(*c) != preferred_video),
+    );
+    for codec in order {
+        config = match codec {
+            Codec::Vp8 => config.enable_vp8(true),
+            Codec::Vp9 => config.enable_vp9(true),
+            Codec::H264 => config.enable_h264(true),
+            Codec::H265 => config.enable_h265(true),
+            Codec::Av1 => config.enable_av1(true),
+            _ => config,
+        };
+    }
+    config
         // A few hundred ms of video is all a NACK can still use; the default (1000+
         // packets) is most of a viewer's memory.
         .set_send_buffer_video(300)

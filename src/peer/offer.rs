@@ -35,6 +35,24 @@ impl OfferedMedia {
 /// The codecs Switchboard forwards, by `a=rtpmap` name.
 pub const FORWARDED_CODECS: &[&str] = &["OPUS", "VP8", "VP9", "H264", "H265", "AV1"];
 
+/// The first video codec we forward that the client offers to send: what a
+/// publisher will send (OBS offers one; browsers send their first).
+pub fn first_sent_video_codec(media: &[OfferedMedia]) -> Option<str0m::format::Codec> {
+    use str0m::format::Codec;
+    media
+        .iter()
+        .filter(|m| m.kind == "video" && m.sends() && !m.rejected)
+        .flat_map(|m| m.codecs.iter())
+        .find_map(|name| match name.as_str() {
+            "VP8" => Some(Codec::Vp8),
+            "VP9" => Some(Codec::Vp9),
+            "H264" => Some(Codec::H264),
+            "H265" => Some(Codec::H265),
+            "AV1" => Some(Codec::Av1),
+            _ => None,
+        })
+}
+
 pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
     let mut media: Vec<OfferedMedia> = Vec::new();
     let mut bundle_only = false;

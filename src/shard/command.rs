@@ -72,5 +72,7 @@ pub struct AcceptRequest {
     pub room: RoomId,
     pub offer: SdpOffer,
     pub offer_text: String,
+    /// For a viewer: the video codec the room's publisher sends, listed first.
+    pub preferred_video: Option<str0m::format::Codec>,
     pub reply: oneshot::Sender<Result<String, AcceptError>>,
 }

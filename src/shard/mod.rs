@@ -378,16 +378,18 @@ impl ShardLoop {
             room,
             offer,
             offer_text,
+            preferred_video,
             reply,
         } = request;
         let now = Instant::now();
-        let result = Peer::accept(
+        let result = Peer::accept_preferring(
             key,
             role,
             room.clone(),
             offer,
             &offer_text,
             &self.settings,
+            preferred_video,
             now,
         );
         let (mut peer, answer) = match result {
