@@ -31,6 +31,10 @@ pub struct RoomEntry {
 pub struct Registry {
     rooms: DashMap<RoomId, RoomEntry>,
     sessions: DashMap<PeerKey, SessionEntry>,
+    /// Whether each room has a publisher sending (connected), watched by viewers'
+    /// event streams. Kept apart from `rooms` so a watcher keeps its channel
+    /// while the room empties and fills again.
+    live: DashMap<RoomId, tokio::sync::watch::Sender<bool>>,
 }
 
 impl Registry {
@@ -78,6 +82,23 @@ impl Registry {
             }
         }
         removed
+    }
+
+    /// A publisher connected to (`true`) or left (`false`) `room`.
+    pub fn set_live(&self, room: &RoomId, live: bool) {
+        let sender = self
+            .live
+            .entry(room.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0);
+        sender.send_replace(live);
+    }
+
+    /// Follows whether `room` has a live publisher.
+    pub fn watch_live(&self, room: &RoomId) -> tokio::sync::watch::Receiver<bool> {
+        self.live
+            .entry(room.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(false).0)
+            .subscribe()
     }
 
     pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {

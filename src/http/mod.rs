@@ -1,6 +1,7 @@
 //! The HTTP side: WHIP and WHEP session resources, the demo page, metrics.
 //! Handlers never touch media state; they talk to shards through commands.
 
+mod events;
 mod problem;
 mod sdpfrag;
 mod session;
@@ -64,6 +65,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .options(options),
         )
         .route("/whep/{room}", post(session::post_whep).options(options))
+        .route(
+            "/whep/{room}/{session}/events",
+            get(events::stream).post(events::subscribe).options(options),
+        )
         .route(
             "/whep/{room}/{session}",
             axum::routing::delete(session::delete_whep)

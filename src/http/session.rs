@@ -195,6 +195,15 @@ async fn create_session(
     insert_header(headers, header::LOCATION, &location);
     insert_header(headers, header::ETAG, &etag);
     state.add_link_headers(headers);
+    if role == Role::Viewer {
+        let events = format!(
+            "<{location}/events>; rel=\"{}\"; events=\"active,inactive\"",
+            super::events::REL
+        );
+        if let Ok(v) = HeaderValue::from_str(&events) {
+            headers.append(header::LINK, v);
+        }
+    }
     Ok(response)
 }
 

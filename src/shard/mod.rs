@@ -457,6 +457,7 @@ impl ShardLoop {
         let room = peer.room.clone();
         match peer.role {
             Role::Publisher => {
+                self.registry.set_live(&room, false);
                 self.router.set_local_publisher(&room, None);
                 self.publisher_left_here(&room);
                 self.tell_others(|| Command::PublisherLeft { room: room.clone() });
@@ -563,6 +564,9 @@ impl ShardLoop {
             PeerEvent::Connected => {
                 if let Some(peer) = self.peers.get(&key) {
                     tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), "connected");
+                    if peer.role == Role::Publisher {
+                        self.registry.set_live(&peer.room, true);
+                    }
                     if peer.role == Role::Viewer {
                         self.start_viewer(key);
                     }
