@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The whole configuration of one Switchboard node.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
@@ -109,17 +109,6 @@ impl Default for SessionConfig {
         SessionConfig {
             reap_timeout: Duration::from_secs(30),
             keyframe_request_interval: Duration::from_millis(500),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            media: MediaConfig::default(),
-            session: SessionConfig::default(),
-            ice: IceConfig::default(),
         }
     }
 }

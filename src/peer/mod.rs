@@ -282,17 +282,13 @@ impl Peer {
                 self.ice_state = state;
                 tracing::debug!(peer = %self.key, ?state, "ICE state");
             }
-            Event::RtpPacket(packet) => {
-                if self.role == Role::Publisher {
-                    if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
-                        events.push(PeerEvent::Media(media));
-                    }
+            Event::RtpPacket(packet) if self.role == Role::Publisher => {
+                if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
+                    events.push(PeerEvent::Media(media));
                 }
             }
-            Event::KeyframeRequest(_) => {
-                if self.role == Role::Viewer {
-                    events.push(PeerEvent::KeyframeWanted);
-                }
+            Event::KeyframeRequest(_) if self.role == Role::Viewer => {
+                events.push(PeerEvent::KeyframeWanted);
             }
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
             _ => {}
