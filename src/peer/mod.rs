@@ -103,6 +103,8 @@ pub struct Peer {
     pub queued: bool,
     /// When this viewer last asked its publisher for a keyframe.
     pub keyframe_asked: Option<Instant>,
+    /// Set when the WebRTC stack panicked: the session is ended at once.
+    failed: Option<&'static str>,
     /// Live packets wait while the keyframe cache is on its way from another shard.
     pub awaiting_replay: bool,
     /// When the first video packet was written to this viewer.
@@ -177,6 +179,7 @@ impl Peer {
             ufrag: String::new(),
             queued: false,
             keyframe_asked: None,
+            failed: None,
             awaiting_replay: false,
             first_video_at: None,
             offer_text: offer_text.to_string(),
@@ -239,23 +242,44 @@ impl Peer {
         if let Input::Receive(at, _) = &input {
             self.last_received = *at;
         }
-        if let Err(e) = self.rtc.handle_input(input) {
-            tracing::debug!(peer = %self.key, error = %e, "input refused");
+        // A panic inside the stack must cost this one session, not the shard.
+        let rtc = &mut self.rtc;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.handle_input(input))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(peer = %self.key, error = %e, "input refused"),
+            Err(_) => self.fail("the WebRTC stack panicked on input"),
         }
+    }
+
+    fn fail(&mut self, why: &'static str) {
+        tracing::error!(peer = %self.key, why, "session failed");
+        self.failed = Some(why);
     }
 
     /// Drives the `Rtc` until it has nothing more to say: datagrams go to
     /// `transmit`, what the shard must act on goes to `events`.
     pub fn drain(&mut self, transmit: &mut impl FnMut(Transmit), events: &mut Vec<PeerEvent>) {
         loop {
+            if let Some(why) = self.failed {
+                self.next_timeout = None;
+                events.push(PeerEvent::Gone(why));
+                return;
+            }
             if !self.rtc.is_alive() {
                 self.next_timeout = None;
                 events.push(PeerEvent::Gone("connection closed"));
                 return;
             }
-            let output = match self.rtc.poll_output() {
-                Ok(o) => o,
-                Err(e) => {
+            let rtc = &mut self.rtc;
+            let polled =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.poll_output()));
+            let output = match polled {
+                Err(_) => {
+                    self.fail("the WebRTC stack panicked on output");
+                    continue;
+                }
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     tracing::debug!(peer = %self.key, error = %e, "poll_output failed");
                     self.rtc.disconnect();
                     continue;
@@ -320,6 +344,9 @@ impl Peer {
 
     /// Why this session should be ended now, if it should.
     pub fn reap_reason(&self, now: Instant, timeout: Duration) -> Option<&'static str> {
+        if let Some(why) = self.failed {
+            return Some(why);
+        }
         if !self.rtc.is_alive() {
             return Some("connection closed");
         }
