@@ -116,9 +116,8 @@ async fn create_session(
     check_room_name(room)?;
     require_content_type(request.headers(), "application/sdp")?;
     let text = read_body(request.into_body(), state.config.http.max_body_bytes).await?;
-    let offer = SdpOffer::from_sdp_string(&text).map_err(|e| {
-        Problem::bad_request(format!("the body is not an SDP offer we can parse: {e}"))
-    })?;
+    let offer = SdpOffer::from_sdp_string(&text)
+        .map_err(|e| Problem::bad_request(offer::describe_parse_error(&text, &e.to_string())))?;
 
     let room: RoomId = room.into();
     let key = PeerKey::random();

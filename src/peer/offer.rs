@@ -53,6 +53,56 @@ pub fn first_sent_video_codec(media: &[OfferedMedia]) -> Option<str0m::format::C
         })
 }
 
+/// Why an SDP body could not be parsed, for a person: the first line that is not
+/// SDP, rather than the parser's internals (which name memory offsets).
+pub fn describe_parse_error(sdp: &str, parser_error: &str) -> String {
+    if sdp.trim().is_empty() {
+        return "the body is empty; send the SDP offer".to_string();
+    }
+    let mut lines = sdp.lines().map(|l| l.trim_end_matches('\r')).enumerate();
+    if let Some((_, first)) = lines.clone().find(|(_, l)| !l.is_empty()) {
+        if first != "v=0" {
+            return format!(
+                "an SDP offer starts with `v=0`, this one starts with `{}`",
+                clip(first)
+            );
+        }
+    }
+    let not_sdp = lines.find(|(_, l)| {
+        let b = l.as_bytes();
+        !l.is_empty() && !(b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'=')
+    });
+    if let Some((n, line)) = not_sdp {
+        return format!(
+            "line {} is not an SDP line (`type=value`): `{}`",
+            n + 1,
+            clip(line)
+        );
+    }
+    // The parser's own words, without the memory address it names.
+    let cleaned: String = match (
+        parser_error.find(" at PointerOffset("),
+        parser_error.find(')'),
+    ) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{}", &parser_error[..start], &parser_error[end + 1..])
+        }
+        _ => parser_error.to_string(),
+    };
+    format!(
+        "the SDP could not be parsed: {}",
+        cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
+fn clip(line: &str) -> String {
+    let mut s: String = line.chars().take(60).collect();
+    if line.chars().count() > 60 {
+        s.push('…');
+    }
+    s
+}
+
 pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
     let mut media: Vec<OfferedMedia> = Vec::new();
     let mut bundle_only = false;
@@ -217,6 +267,20 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na
         assert_eq!(m[1].codecs, vec!["H264"]);
         assert_eq!(nothing_usable(&m, true), None);
         assert!(nothing_usable(&m, false).unwrap().contains("recvonly"));
+    }
+
+    #[test]
+    fn parse_errors_name_the_line_and_no_memory_address() {
+        assert!(describe_parse_error("", "x").contains("empty"));
+        assert!(describe_parse_error("hello", "x").contains("starts with `hello`"));
+        let why = describe_parse_error("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\nnonsense here\r\n", "x");
+        assert!(why.contains("line 3"), "{why}");
+        let why = describe_parse_error(
+            "v=0\r\nm=audio\r\n",
+            "SDP parse: Parse error at PointerOffset(0x7f00)\nUnexpected `x`",
+        );
+        assert!(!why.contains("PointerOffset"), "{why}");
+        assert!(why.contains("Unexpected"), "{why}");
     }
 
     #[test]

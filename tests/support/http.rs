@@ -1,0 +1,153 @@
+//! Plain HTTP helpers for WHIP/WHEP (reqwest, loopback only).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use reqwest::header::HeaderMap;
+use reqwest::Method;
+
+/// A whole HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Response {
+    /// A header as a string ("" when absent or not text).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.contains_key(name)
+    }
+}
+
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("reqwest client: {e}"))
+}
+
+/// The URL of `path` (which starts with '/') on the server; absolute URLs are kept.
+pub fn url(addr: SocketAddr, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        path.to_string()
+    } else {
+        format!("http://{addr}{path}")
+    }
+}
+
+/// Sends one request and reads the whole response.
+pub async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<Response, String> {
+    let mut req = client()?.request(method.clone(), url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| format!("{method} {url}: reading body: {e}"))?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// POST with a content type.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+) -> Result<Response, String> {
+    request(
+        Method::POST,
+        &url(addr, path),
+        &[("Content-Type", content_type)],
+        Some(body.into()),
+    )
+    .await
+}
+
+/// DELETE a resource (path or absolute URL).
+pub async fn delete(addr: SocketAddr, path: &str) -> Result<Response, String> {
+    request(Method::DELETE, &url(addr, path), &[], None).await
+}
+
+/// A CORS preflight for a POST with an SDP body.
+pub async fn preflight(addr: SocketAddr, path: &str) -> Result<Response, String> {
+    request(
+        Method::OPTIONS,
+        &url(addr, path),
+        &[
+            ("Origin", "http://127.0.0.1:9"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ],
+        None,
+    )
+    .await
+}
+
+/// Checks that `resp` is an RFC 9457 problem with the given status, and returns
+/// its JSON body.
+pub fn expect_problem(resp: &Response, status: u16) -> Result<serde_json::Value, String> {
+    if resp.status != status {
+        return Err(format!(
+            "expected status {status}, got {} (content-type {:?}, body {:?})",
+            resp.status,
+            resp.header("content-type"),
+            resp.body
+        ));
+    }
+    let ct = resp.header("content-type");
+    if !ct.starts_with("application/problem+json") {
+        return Err(format!(
+            "status {status}: content-type is {ct:?}, not application/problem+json (body {:?})",
+            resp.body
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(&resp.body)
+        .map_err(|e| format!("status {status}: body is not JSON ({e}): {:?}", resp.body))?;
+    if v.get("status").and_then(|s| s.as_u64()) != Some(u64::from(status)) {
+        return Err(format!(
+            "problem body's \"status\" is not {status}: {}",
+            resp.body
+        ));
+    }
+    for key in ["title", "detail"] {
+        match v.get(key).and_then(|s| s.as_str()) {
+            Some(s) if !s.trim().is_empty() => {}
+            _ => {
+                return Err(format!(
+                    "problem body has no non-empty {key:?}: {}",
+                    resp.body
+                ))
+            }
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,312 @@
+//! Synthetic, self-describing media: what the test publisher sends and how a
+//! receiver recognises it.
+//!
+//! Every payload ends with a 16-byte trailer that names the publisher (`tag`),
+//! the frame (video) or packet counter (audio) and, for video, the packet's index
+//! in its frame. The rest of the payload is a deterministic function of those
+//! numbers, so a receiver can tell exactly which sent packet it got and check that
+//! every byte arrived intact.
+//!
+//! Video payloads are real VP8 RTP payloads as far as an SFU can tell: a VP8
+//! payload descriptor (RFC 7741) with S=1 and PID=0 on the first packet of a frame,
+//! then on that first packet a VP8 frame tag whose P bit (bit 0) is 0 for a key
+//! frame and 1 otherwise; key frames also carry the start code and dimensions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which kind of media a packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+/// Trailer magic for video payloads.
+pub const VIDEO_MAGIC: [u8; 4] = *b"SBV1";
+/// Trailer magic for audio payloads.
+pub const AUDIO_MAGIC: [u8; 4] = *b"SBA1";
+/// Length of the identity trailer at the end of each payload.
+pub const TRAILER_LEN: usize = 16;
+
+/// Opus: 20 ms per packet at 48 kHz.
+pub const AUDIO_TICKS_PER_PACKET: u32 = 960;
+/// VP8 at 30 fps on a 90 kHz clock.
+pub const VIDEO_TICKS_PER_FRAME: u32 = 3000;
+
+/// What the trailer of a payload says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub kind: Kind,
+    /// The publisher that made it.
+    pub tag: u32,
+    /// Frame number (video) or packet counter (audio).
+    pub index: u32,
+    /// Index of the packet in its frame (video; 0 for audio).
+    pub packet: u8,
+    /// Number of packets in the frame (video; 1 for audio).
+    pub packets: u8,
+    /// The frame is a key frame (video).
+    pub keyframe: bool,
+}
+
+impl Identity {
+    fn trailer(&self) -> [u8; TRAILER_LEN] {
+        let mut t = [0u8; TRAILER_LEN];
+        t[0..4].copy_from_slice(match self.kind {
+            Kind::Audio => &AUDIO_MAGIC,
+            Kind::Video => &VIDEO_MAGIC,
+        });
+        t[4..8].copy_from_slice(&self.tag.to_be_bytes());
+        t[8..12].copy_from_slice(&self.index.to_be_bytes());
+        t[12] = self.packet;
+        t[13] = self.packets;
+        t[14] = u8::from(self.keyframe);
+        t[15] = 0xEE;
+        t
+    }
+
+    fn seed(&self) -> u32 {
+        self.tag
+            .wrapping_mul(7)
+            .wrapping_add(self.index.wrapping_mul(31))
+            .wrapping_add(u32::from(self.packet).wrapping_mul(17))
+    }
+}
+
+/// Reads the identity trailer of a payload (video or audio).
+pub fn identity(payload: &[u8]) -> Option<Identity> {
+    if payload.len() < TRAILER_LEN {
+        return None;
+    }
+    let t = &payload[payload.len() - TRAILER_LEN..];
+    let kind = if t[0..4] == VIDEO_MAGIC {
+        Kind::Video
+    } else if t[0..4] == AUDIO_MAGIC {
+        Kind::Audio
+    } else {
+        return None;
+    };
+    if t[15] != 0xEE {
+        return None;
+    }
+    Some(Identity {
+        kind,
+        tag: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        index: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        packet: t[12],
+        packets: t[13],
+        keyframe: t[14] == 1,
+    })
+}
+
+fn filler(id: &Identity, len: usize, out: &mut Vec<u8>) {
+    let seed = id.seed();
+    out.extend((0..len).map(|i| (seed.wrapping_add((i as u32).wrapping_mul(13)) & 0xff) as u8));
+}
+
+/// The payload of Opus packet number `counter` of publisher `tag`.
+pub fn audio_payload(tag: u32, counter: u32) -> Vec<u8> {
+    let id = Identity {
+        kind: Kind::Audio,
+        tag,
+        index: counter,
+        packet: 0,
+        packets: 1,
+        keyframe: false,
+    };
+    // An Opus TOC byte (config 31, stereo, one frame) then filler.
+    let mut p = vec![0xfc];
+    filler(&id, 60, &mut p);
+    p.extend_from_slice(&id.trailer());
+    p
+}
+
+/// How a publisher packs its VP8 payload descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vp8Descriptor {
+    /// One byte: `0x10` on the first packet of a frame, `0x00` after.
+    Minimal,
+    /// With a 15-bit picture id (as browsers send): `0x90 0x80 PID PID` / `0x80 0x80 ..`.
+    PictureId,
+}
+
+/// Number of RTP packets a frame is sent in.
+pub fn packets_in_frame(frame: u32, keyframe: bool) -> u8 {
+    if keyframe {
+        3
+    } else if frame % 3 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
+/// The payloads of VP8 frame `frame` of publisher `tag`, one per RTP packet.
+pub fn video_frame(
+    tag: u32,
+    frame: u32,
+    keyframe: bool,
+    descriptor: Vp8Descriptor,
+    picture_id: u16,
+) -> Vec<Vec<u8>> {
+    let packets = packets_in_frame(frame, keyframe);
+    (0..packets)
+        .map(|packet| {
+            let id = Identity {
+                kind: Kind::Video,
+                tag,
+                index: frame,
+                packet,
+                packets,
+                keyframe,
+            };
+            let start = packet == 0;
+            let mut p = Vec::with_capacity(1000);
+            match descriptor {
+                Vp8Descriptor::Minimal => p.push(if start { 0x10 } else { 0x00 }),
+                Vp8Descriptor::PictureId => {
+                    let pid = picture_id & 0x7fff;
+                    p.push(if start { 0x90 } else { 0x80 });
+                    p.push(0x80);
+                    p.push(0x80 | (pid >> 8) as u8);
+                    p.push((pid & 0xff) as u8);
+                }
+            }
+            if start {
+                // VP8 frame tag: P bit, version 0, show_frame, first partition size 100.
+                let size: u32 = 100;
+                p.push(u8::from(!keyframe) | 0x10 | (((size & 7) as u8) << 5));
+                p.push(((size >> 3) & 0xff) as u8);
+                p.push(((size >> 11) & 0xff) as u8);
+                if keyframe {
+                    // Start code, 640x360.
+                    p.extend_from_slice(&[0x9d, 0x01, 0x2a]);
+                    p.extend_from_slice(&640u16.to_le_bytes());
+                    p.extend_from_slice(&360u16.to_le_bytes());
+                }
+            }
+            let body = if keyframe { 900 } else { 600 };
+            filler(&id, body, &mut p);
+            p.extend_from_slice(&id.trailer());
+            p
+        })
+        .collect()
+}
+
+/// A parsed VP8 payload descriptor (RFC 7741 section 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Header {
+    /// S bit: first packet of a VP8 partition.
+    pub start: bool,
+    /// Partition index.
+    pub pid: u8,
+    /// N bit.
+    pub non_reference: bool,
+    /// Picture id and whether it is 15 bits wide.
+    pub picture_id: Option<(u16, bool)>,
+    pub tl0picidx: Option<u8>,
+    /// Length of the descriptor in bytes.
+    pub len: usize,
+    /// For the first packet of a frame (S=1, PID=0): P bit of the VP8 frame tag is 0.
+    pub keyframe: Option<bool>,
+}
+
+/// Parses the VP8 payload descriptor at the start of an RTP payload.
+pub fn parse_vp8(p: &[u8]) -> Option<Vp8Header> {
+    let b0 = *p.first()?;
+    let x = b0 & 0x80 != 0;
+    let mut h = Vp8Header {
+        start: b0 & 0x10 != 0,
+        pid: b0 & 0x07,
+        non_reference: b0 & 0x20 != 0,
+        picture_id: None,
+        tl0picidx: None,
+        len: 1,
+        keyframe: None,
+    };
+    if x {
+        let b1 = *p.get(1)?;
+        h.len = 2;
+        if b1 & 0x80 != 0 {
+            let m = *p.get(h.len)?;
+            if m & 0x80 != 0 {
+                let lo = *p.get(h.len + 1)?;
+                h.picture_id = Some(((u16::from(m & 0x7f) << 8) | u16::from(lo), true));
+                h.len += 2;
+            } else {
+                h.picture_id = Some((u16::from(m & 0x7f), false));
+                h.len += 1;
+            }
+        }
+        if b1 & 0x40 != 0 {
+            h.tl0picidx = Some(*p.get(h.len)?);
+            h.len += 1;
+        }
+        if b1 & 0x30 != 0 {
+            p.get(h.len)?;
+            h.len += 1;
+        }
+    }
+    if h.start && h.pid == 0 {
+        let tag = *p.get(h.len)?;
+        h.keyframe = Some(tag & 0x01 == 0);
+    }
+    Some(h)
+}
+
+/// True when the payload is the first packet of a VP8 key frame.
+pub fn is_vp8_keyframe_start(payload: &[u8]) -> bool {
+    parse_vp8(payload).and_then(|h| h.keyframe).unwrap_or(false)
+}
+
+/// The bytes of a video payload after its VP8 payload descriptor, or the whole
+/// payload for audio: what an SFU must forward untouched.
+pub fn body(kind: Kind, payload: &[u8]) -> &[u8] {
+    match kind {
+        Kind::Audio => payload,
+        Kind::Video => match parse_vp8(payload) {
+            Some(h) if h.len <= payload.len() => &payload[h.len..],
+            _ => payload,
+        },
+    }
+}
+
+/// One RTP packet the publisher handed to str0m.
+#[derive(Debug, Clone)]
+pub struct SentPacket {
+    pub kind: Kind,
+    pub id: Identity,
+    /// Extended sequence number.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub pt: u8,
+    pub payload: Arc<[u8]>,
+    pub at: Instant,
+}
+
+/// One RTP packet a peer received (`Event::RtpPacket`).
+#[derive(Debug, Clone)]
+pub struct ReceivedPacket {
+    /// Kind of the m-line it arrived on, if known.
+    pub kind: Option<Kind>,
+    pub mid: Option<String>,
+    pub ssrc: u32,
+    /// Sequence number as on the wire.
+    pub seq: u16,
+    /// Extended sequence number as str0m computed it.
+    pub ext_seq: u64,
+    pub timestamp: u32,
+    pub pt: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    pub at: Instant,
+}
+
+impl ReceivedPacket {
+    /// The identity trailer of the payload.
+    pub fn identity(&self) -> Option<Identity> {
+        identity(&self.payload)
+    }
+}

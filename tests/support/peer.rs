@@ -1,0 +1,713 @@
+//! A str0m peer (RTP mode) driven by its own thread and UDP socket on 127.0.0.1.
+//!
+//! The thread records everything it receives and, when given a [`SendConfig`],
+//! writes synthetic Opus and VP8 RTP (see [`super::media`]) on its send m-lines as
+//! soon as it is connected. State is shared behind a mutex and read by the tests
+//! through [`Peer::with_state`]. Dropping the [`Peer`] stops the thread.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use str0m::crypto::CryptoProvider;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use super::media::{
+    audio_payload, identity, video_frame, Kind, ReceivedPacket, SentPacket, Vp8Descriptor,
+    AUDIO_TICKS_PER_PACKET, VIDEO_TICKS_PER_FRAME,
+};
+
+/// The payload types a peer offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codecs {
+    /// str0m's defaults: Opus 111, VP8 96 (RTX 97).
+    Default,
+    /// Other numbers, as some clients use: Opus 100, VP8 102 (RTX 103).
+    Custom,
+}
+
+impl Codecs {
+    pub fn opus_pt(self) -> u8 {
+        match self {
+            Codecs::Default => 111,
+            Codecs::Custom => 100,
+        }
+    }
+
+    pub fn vp8_pt(self) -> u8 {
+        match self {
+            Codecs::Default => 96,
+            Codecs::Custom => 102,
+        }
+    }
+}
+
+fn crypto() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(str0m::crypto::from_feature_flags()))
+        .clone()
+}
+
+/// A str0m `Rtc` in RTP mode offering only Opus and VP8.
+pub fn build_rtc(codecs: Codecs) -> Rtc {
+    let mut cfg = RtcConfig::new()
+        .set_crypto_provider(crypto())
+        .set_rtp_mode(true)
+        .clear_codecs();
+    match codecs {
+        Codecs::Default => {
+            cfg = cfg.enable_opus(true, false).enable_vp8(true);
+        }
+        Codecs::Custom => {
+            let c = cfg.codec_config();
+            c.add_config(
+                Pt::from(codecs.opus_pt()),
+                None,
+                Codec::Opus,
+                Frequency::FORTY_EIGHT_KHZ,
+                Some(2),
+                FormatParams {
+                    min_p_time: Some(10),
+                    use_inband_fec: Some(true),
+                    ..Default::default()
+                },
+            );
+            c.add_config(
+                Pt::from(codecs.vp8_pt()),
+                Some(Pt::from(codecs.vp8_pt() + 1)),
+                Codec::Vp8,
+                Frequency::NINETY_KHZ,
+                None,
+                FormatParams::default(),
+            );
+        }
+    }
+    cfg.build(Instant::now())
+}
+
+/// A UDP socket on 127.0.0.1 (ephemeral port) and the matching host candidate added to `rtc`.
+pub fn bind_loopback(rtc: &mut Rtc) -> Result<UdpSocket, String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    let addr = socket
+        .local_addr()
+        .map_err(|e| format!("local_addr: {e}"))?;
+    let candidate =
+        Candidate::host(addr, "udp").map_err(|e| format!("host candidate {addr}: {e}"))?;
+    rtc.add_local_candidate(candidate)
+        .ok_or_else(|| format!("str0m refused the host candidate {addr}"))?;
+    Ok(socket)
+}
+
+/// What a sending peer sends.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Written into every payload to tell publishers apart.
+    pub tag: u32,
+    pub audio: bool,
+    pub video: bool,
+    /// A key frame every this many frames (the first frame is always one);
+    /// `None`: only the first frame and on request.
+    pub keyframe_interval: Option<u32>,
+    /// Answer PLI/FIR with a key frame (OBS does not).
+    pub answer_keyframe_requests: bool,
+    /// VP8 payload descriptor layout.
+    pub descriptor: Vp8Descriptor,
+    /// First (16-bit) sequence numbers; the defaults wrap within a few seconds.
+    pub video_seq_start: u16,
+    pub audio_seq_start: u16,
+    pub video_ts_start: u32,
+    pub audio_ts_start: u32,
+    pub picture_id_start: u16,
+    /// Frames per second (30 by default).
+    pub fps: u32,
+}
+
+impl SendConfig {
+    pub fn new(tag: u32) -> Self {
+        SendConfig {
+            tag,
+            audio: true,
+            video: true,
+            keyframe_interval: Some(30),
+            answer_keyframe_requests: true,
+            descriptor: Vp8Descriptor::PictureId,
+            video_seq_start: 65_430u16.wrapping_add((tag as u16).wrapping_mul(7) % 64),
+            audio_seq_start: 65_470u16.wrapping_add((tag as u16).wrapping_mul(11) % 32),
+            video_ts_start: 0xffff_0000u32.wrapping_add(tag.wrapping_mul(1_000_003)),
+            audio_ts_start: 0xfff0_0000u32.wrapping_add(tag.wrapping_mul(7_000_001)),
+            picture_id_start: 0x7ff0u16.wrapping_add(tag as u16) & 0x7fff,
+            fps: 30,
+        }
+    }
+}
+
+/// Commands to a peer thread.
+#[derive(Debug)]
+enum Command {
+    RequestKeyframe(KeyframeRequestKind),
+    /// Pause or resume; the sender is told once it is done.
+    Pause(bool, Sender<()>),
+}
+
+/// Everything a peer saw and did, shared with the test.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    pub connected_at: Option<Instant>,
+    pub ice_state: Option<IceConnectionState>,
+    /// m-lines and their kinds.
+    pub mids: HashMap<Mid, MediaKind>,
+    pub sent_audio: Vec<SentPacket>,
+    pub sent_video: Vec<SentPacket>,
+    pub received: Vec<ReceivedPacket>,
+    /// Keyframe requests received (PLI/FIR from the remote side).
+    pub keyframe_requests: Vec<(Instant, KeyframeRequestKind)>,
+    /// Keyframe requests this peer sent.
+    pub keyframe_requests_sent: usize,
+    /// The first error that stopped the thread, if any.
+    pub error: Option<String>,
+    /// The thread has ended.
+    pub finished: bool,
+    /// Datagrams that could not be sent.
+    pub send_errors: usize,
+    /// Datagrams received on the socket.
+    pub datagrams_received: usize,
+    /// Datagrams sent on the socket.
+    pub datagrams_sent: usize,
+}
+
+impl PeerState {
+    pub fn connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
+    /// Received packets of one kind, in arrival order.
+    pub fn received_of(&self, kind: Kind) -> Vec<ReceivedPacket> {
+        self.received
+            .iter()
+            .filter(|p| p.kind == Some(kind))
+            .cloned()
+            .collect()
+    }
+
+    pub fn count_of(&self, kind: Kind) -> usize {
+        self.received
+            .iter()
+            .filter(|p| p.kind == Some(kind))
+            .count()
+    }
+
+    pub fn sent_of(&self, kind: Kind) -> &[SentPacket] {
+        match kind {
+            Kind::Audio => &self.sent_audio,
+            Kind::Video => &self.sent_video,
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<PeerState>,
+    stop: AtomicBool,
+}
+
+/// A running peer. Dropping it stops its thread.
+pub struct Peer {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl Peer {
+    /// Runs `rtc` on `socket` in a new thread. `mids` are the m-lines known up front
+    /// (more are learnt from `Event::MediaAdded`).
+    pub fn spawn(
+        name: &str,
+        rtc: Rtc,
+        socket: UdpSocket,
+        mids: Vec<(Mid, MediaKind)>,
+        send: Option<SendConfig>,
+    ) -> Result<Peer, String> {
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| format!("local_addr: {e}"))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(PeerState {
+                mids: mids.into_iter().collect(),
+                ..Default::default()
+            }),
+            stop: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("peer-{name}"))
+            .spawn(move || {
+                let mut driver = Driver {
+                    rtc,
+                    socket,
+                    local_addr,
+                    shared: thread_shared,
+                    commands: rx,
+                    gen: send.map(MediaGen::new),
+                    paused: false,
+                    connected: false,
+                };
+                let result = driver.run();
+                let mut st = driver.state();
+                if let Err(e) = result {
+                    st.error.get_or_insert(e);
+                }
+                st.finished = true;
+            })
+            .map_err(|e| format!("spawn peer thread: {e}"))?;
+        Ok(Peer {
+            shared,
+            commands: tx,
+            thread: Some(thread),
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Reads the shared state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&PeerState) -> R) -> R {
+        let st = lock(&self.shared.state);
+        f(&st)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.with_state(|s| s.connected())
+    }
+
+    /// Error that ended the thread, if any.
+    pub fn error(&self) -> Option<String> {
+        self.with_state(|s| s.error.clone())
+    }
+
+    /// Sends a PLI (or FIR) on every receiving video m-line.
+    pub fn request_keyframe(&self, kind: KeyframeRequestKind) {
+        let _ = self.commands.send(Command::RequestKeyframe(kind));
+    }
+
+    /// Stops (or resumes) writing media; the connection stays up. Returns once the
+    /// peer thread has done it, so nothing is written after `pause(true)` returns.
+    pub fn pause(&self, paused: bool) {
+        let (tx, rx) = mpsc::channel();
+        if self.commands.send(Command::Pause(paused, tx)).is_ok() {
+            // The thread may be gone (stopped or failed): then nothing is written anyway.
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock(m: &Mutex<PeerState>) -> MutexGuard<'_, PeerState> {
+    // A panic in a test thread must not hide the state from the others.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the synthetic streams.
+struct MediaGen {
+    cfg: SendConfig,
+    next_audio: Option<Instant>,
+    next_video: Option<Instant>,
+    audio_counter: u32,
+    frame: u32,
+    video_seq: u64,
+    audio_seq: u64,
+    picture_id: u16,
+    force_keyframe: bool,
+    frame_interval: Duration,
+}
+
+impl MediaGen {
+    fn new(cfg: SendConfig) -> Self {
+        MediaGen {
+            next_audio: None,
+            next_video: None,
+            audio_counter: 0,
+            frame: 0,
+            video_seq: u64::from(cfg.video_seq_start),
+            audio_seq: u64::from(cfg.audio_seq_start),
+            picture_id: cfg.picture_id_start,
+            force_keyframe: false,
+            frame_interval: Duration::from_micros(1_000_000 / u64::from(cfg.fps.max(1))),
+            cfg,
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        match (self.next_audio, self.next_video) {
+            (Some(a), Some(v)) => Some(a.min(v)),
+            (a, v) => a.or(v),
+        }
+    }
+}
+
+struct Driver {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+    gen: Option<MediaGen>,
+    paused: bool,
+    connected: bool,
+}
+
+impl Driver {
+    fn state(&self) -> MutexGuard<'_, PeerState> {
+        lock(&self.shared.state)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.command(cmd);
+            }
+            self.produce(Instant::now());
+
+            let timeout = self.poll()?;
+
+            let mut wake = timeout.min(Instant::now() + Duration::from_millis(20));
+            if self.connected && !self.paused {
+                if let Some(due) = self.gen.as_ref().and_then(MediaGen::next_due) {
+                    wake = wake.min(due);
+                }
+            }
+            let now = Instant::now();
+            if wake > now {
+                let wait = (wake - now).max(Duration::from_micros(100));
+                self.socket
+                    .set_read_timeout(Some(wait))
+                    .map_err(|e| format!("set_read_timeout: {e}"))?;
+                match self.socket.recv_from(&mut buf) {
+                    Ok((n, source)) => self.receive(source, &buf[..n])?,
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    // ICMP port unreachable after the far end went away, and the like.
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(format!("recv_from: {e}")),
+                }
+            }
+            self.rtc
+                .handle_input(Input::Timeout(Instant::now()))
+                .map_err(|e| format!("handle_input(timeout): {e}"))?;
+        }
+    }
+
+    fn receive(&mut self, source: SocketAddr, data: &[u8]) -> Result<(), String> {
+        self.state().datagrams_received += 1;
+        let Ok(contents) = data.try_into() else {
+            // Not something str0m understands; ignore it like a real client would.
+            return Ok(());
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        );
+        if self.rtc.accepts(&input) {
+            self.rtc
+                .handle_input(input)
+                .map_err(|e| format!("handle_input(receive): {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Polls str0m until it wants a timeout; sends what it transmits, records events.
+    fn poll(&mut self) -> Result<Instant, String> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Transmit(t)) => {
+                    let ok = self.socket.send_to(&t.contents, t.destination).is_ok();
+                    let mut st = self.state();
+                    st.datagrams_sent += 1;
+                    if !ok {
+                        st.send_errors += 1;
+                    }
+                }
+                Ok(Output::Event(e)) => self.event(e),
+                Err(e) => return Err(format!("poll_output: {e}")),
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                self.state().connected_at = Some(Instant::now());
+            }
+            Event::IceConnectionStateChange(s) => {
+                self.state().ice_state = Some(s);
+            }
+            Event::MediaAdded(m) => {
+                self.state().mids.insert(m.mid, m.kind);
+            }
+            Event::KeyframeRequest(r) => {
+                self.state()
+                    .keyframe_requests
+                    .push((Instant::now(), r.kind));
+                if let Some(gen) = self.gen.as_mut() {
+                    if gen.cfg.answer_keyframe_requests {
+                        gen.force_keyframe = true;
+                    }
+                }
+            }
+            Event::RtpPacket(p) => {
+                let ssrc = p.header.ssrc;
+                let mid = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                let mut st = self.state();
+                let kind = mid
+                    .and_then(|m| st.mids.get(&m).copied())
+                    .map(|k| match k {
+                        MediaKind::Audio => Kind::Audio,
+                        MediaKind::Video => Kind::Video,
+                    })
+                    .or_else(|| identity(&p.payload).map(|i| i.kind));
+                st.received.push(ReceivedPacket {
+                    kind,
+                    mid: mid.map(|m| m.to_string()),
+                    ssrc: *ssrc,
+                    seq: p.header.sequence_number,
+                    ext_seq: *p.seq_no,
+                    timestamp: p.header.timestamp,
+                    pt: *p.header.payload_type,
+                    marker: p.header.marker,
+                    payload: p.payload.clone(),
+                    at: p.timestamp,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Pause(p, done) => {
+                self.paused = p;
+                let _ = done.send(());
+                if !p {
+                    // Resume on schedule from now, not with a burst.
+                    if let Some(gen) = self.gen.as_mut() {
+                        let now = Instant::now();
+                        gen.next_audio = gen.next_audio.map(|_| now);
+                        gen.next_video = gen.next_video.map(|_| now);
+                    }
+                }
+            }
+            Command::RequestKeyframe(kind) => {
+                let video: Vec<Mid> = self
+                    .state()
+                    .mids
+                    .iter()
+                    .filter(|(_, k)| **k == MediaKind::Video)
+                    .map(|(m, _)| *m)
+                    .collect();
+                let mut sent = 0;
+                for mid in video {
+                    if let Some(rx) = self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                        rx.request_keyframe(kind);
+                        sent += 1;
+                    }
+                }
+                self.state().keyframe_requests_sent += sent;
+            }
+        }
+    }
+
+    /// The negotiated payload type for `codec` on `mid`.
+    fn pt_for(&self, mid: Mid, codec: Codec) -> Option<Pt> {
+        let remote = self.rtc.media(mid).map(|m| m.remote_pts().to_vec());
+        let params: Vec<_> = self.rtc.codec_config().params().to_vec();
+        if let Some(remote) = remote {
+            for pt in remote {
+                if params
+                    .iter()
+                    .any(|p| p.pt() == pt && p.spec().codec == codec)
+                {
+                    return Some(pt);
+                }
+            }
+        }
+        params
+            .iter()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+    }
+
+    fn send_mid(&mut self, kind: MediaKind) -> Option<Mid> {
+        let mids: Vec<Mid> = self
+            .state()
+            .mids
+            .iter()
+            .filter(|(_, k)| **k == kind)
+            .map(|(m, _)| *m)
+            .collect();
+        let mut direct = self.rtc.direct_api();
+        mids.into_iter()
+            .find(|m| direct.stream_tx_by_mid(*m, None).is_some())
+    }
+
+    /// Writes the media that is due.
+    fn produce(&mut self, now: Instant) {
+        if !self.connected || self.paused || self.gen.is_none() {
+            return;
+        }
+        let (want_audio, want_video) = match &self.gen {
+            Some(g) => (g.cfg.audio, g.cfg.video),
+            None => return,
+        };
+        if want_audio {
+            if let Some(mid) = self.send_mid(MediaKind::Audio) {
+                if let Some(pt) = self.pt_for(mid, Codec::Opus) {
+                    self.produce_audio(now, mid, pt);
+                }
+            }
+        }
+        if want_video {
+            if let Some(mid) = self.send_mid(MediaKind::Video) {
+                if let Some(pt) = self.pt_for(mid, Codec::Vp8) {
+                    self.produce_video(now, mid, pt);
+                }
+            }
+        }
+    }
+
+    fn produce_audio(&mut self, now: Instant, mid: Mid, pt: Pt) {
+        let Some(gen) = self.gen.as_mut() else { return };
+        let due = *gen.next_audio.get_or_insert(now);
+        if due > now {
+            return;
+        }
+        let mut written = Vec::new();
+        let mut due = due;
+        while due <= now {
+            let counter = gen.audio_counter;
+            let payload: Arc<[u8]> = audio_payload(gen.cfg.tag, counter).into();
+            let ts = gen
+                .cfg
+                .audio_ts_start
+                .wrapping_add(counter.wrapping_mul(AUDIO_TICKS_PER_PACKET));
+            let seq = gen.audio_seq;
+            let marker = counter == 0;
+            written.push(SentPacket {
+                kind: Kind::Audio,
+                id: identity(&payload).expect("own audio payload has a trailer"),
+                seq,
+                timestamp: ts,
+                marker,
+                pt: *pt,
+                payload,
+                at: now,
+            });
+            gen.audio_counter += 1;
+            gen.audio_seq += 1;
+            due += Duration::from_millis(20);
+        }
+        gen.next_audio = Some(due);
+        self.write(mid, pt, &written);
+        self.state().sent_audio.extend(written);
+    }
+
+    fn produce_video(&mut self, now: Instant, mid: Mid, pt: Pt) {
+        let Some(gen) = self.gen.as_mut() else { return };
+        let due = *gen.next_video.get_or_insert(now);
+        if due > now {
+            return;
+        }
+        let mut written = Vec::new();
+        let mut due = due;
+        while due <= now {
+            let frame = gen.frame;
+            let keyframe = frame == 0
+                || gen.force_keyframe
+                || gen
+                    .cfg
+                    .keyframe_interval
+                    .is_some_and(|n| n > 0 && frame % n == 0);
+            gen.force_keyframe = false;
+            let ts = gen
+                .cfg
+                .video_ts_start
+                .wrapping_add(frame.wrapping_mul(VIDEO_TICKS_PER_FRAME));
+            let payloads = video_frame(
+                gen.cfg.tag,
+                frame,
+                keyframe,
+                gen.cfg.descriptor,
+                gen.picture_id,
+            );
+            let n = payloads.len();
+            for (i, p) in payloads.into_iter().enumerate() {
+                let payload: Arc<[u8]> = p.into();
+                written.push(SentPacket {
+                    kind: Kind::Video,
+                    id: identity(&payload).expect("own video payload has a trailer"),
+                    seq: gen.video_seq,
+                    timestamp: ts,
+                    marker: i + 1 == n,
+                    pt: *pt,
+                    payload,
+                    at: now,
+                });
+                gen.video_seq += 1;
+            }
+            gen.frame += 1;
+            gen.picture_id = (gen.picture_id + 1) & 0x7fff;
+            due += gen.frame_interval;
+        }
+        gen.next_video = Some(due);
+        self.write(mid, pt, &written);
+        self.state().sent_video.extend(written);
+    }
+
+    fn write(&mut self, mid: Mid, pt: Pt, packets: &[SentPacket]) {
+        let mut direct = self.rtc.direct_api();
+        let Some(tx) = direct.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        for p in packets {
+            tx.write_rtp(
+                RtpWrite::new(pt, p.seq.into(), p.timestamp, p.at, p.payload.clone())
+                    .marker(p.marker)
+                    .nackable(p.kind == Kind::Video),
+            );
+        }
+    }
+}
