@@ -372,6 +372,50 @@ impl Peer {
 /// The video codecs we forward, in our default order of preference.
 const VIDEO_CODECS: [Codec; 5] = [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::H265, Codec::Av1];
 
+/// What was negotiated on one m-line: its kind, the rids the client sends, and
+/// the codecs (our payload params whose type the client listed).
+pub(crate) struct Negotiated {
+    pub mid: str0m::media::Mid,
+    pub kind: MediaKind,
+    pub rids_rx: Vec<String>,
+    pub codecs: Vec<(str0m::media::Pt, str0m::format::CodecSpec)>,
+}
+
+/// Reads the m-line `mid` if its (our side's) direction is one of `directions`
+/// and at least one codec was agreed on.
+pub(crate) fn negotiated(
+    rtc: &Rtc,
+    mid: &str,
+    directions: &[str0m::media::Direction],
+) -> Option<Negotiated> {
+    let mid = str0m::media::Mid::from(mid);
+    let media = rtc.media(mid)?;
+    if !directions.contains(&media.direction()) {
+        return None;
+    }
+    let remote_pts = media.remote_pts();
+    let codecs: Vec<_> = rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|p| remote_pts.contains(&p.pt()))
+        .map(|p| (p.pt(), p.spec()))
+        .collect();
+    if codecs.is_empty() {
+        return None;
+    }
+    let rids_rx = match media.rids_rx() {
+        str0m::media::Rids::Specific(list) => list.iter().map(|r| r.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    Some(Negotiated {
+        mid,
+        kind: media.kind(),
+        rids_rx,
+        codecs,
+    })
+}
+
 fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcConfig {
     let mut config = RtcConfig::new()
         .set_rtp_mode(true)

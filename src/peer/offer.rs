@@ -70,7 +70,8 @@ pub fn describe_parse_error(sdp: &str, parser_error: &str) -> String {
     }
     let not_sdp = lines.find(|(_, l)| {
         let b = l.as_bytes();
-        !l.is_empty() && !(b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'=')
+        let is_sdp_line = b.len() >= 2 && b[0].is_ascii_lowercase() && b[1] == b'=';
+        !l.is_empty() && !is_sdp_line
     });
     if let Some((n, line)) = not_sdp {
         return format!(

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::{Codec, CodecSpec};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rids};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
 use str0m::Rtc;
 
+use super::negotiated;
 use crate::router::keyframe::starts_keyframe;
 use crate::router::simulcast;
 use crate::router::{MediaPacket, RoomId};
@@ -49,34 +50,20 @@ impl PublisherSide {
     /// Records the m-lines the client sends on, and their negotiated codecs.
     pub fn learn_media<'a>(&mut self, rtc: &mut Rtc, mids: impl Iterator<Item = &'a str>) {
         for mid in mids {
-            let mid = Mid::from(mid);
-            let Some(media) = rtc.media(mid) else {
+            let Some(media) = negotiated(rtc, mid, &[Direction::RecvOnly, Direction::SendRecv])
+            else {
                 continue;
             };
-            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
-                continue;
-            }
-            let kind = media.kind();
-            let pts = media.remote_pts().to_vec();
-            let rids: Vec<String> = match media.rids_rx() {
-                Rids::Specific(list) => list.iter().map(|r| r.to_string()).collect(),
-                _ => Vec::new(),
-            };
-            if pts.is_empty() {
-                continue;
-            }
-            for params in rtc.codec_config().params() {
-                if pts.contains(&params.pt())
-                    && !self.codecs.iter().any(|(pt, _)| *pt == params.pt())
-                {
-                    self.codecs.push((params.pt(), params.spec()));
+            for (pt, spec) in media.codecs {
+                if !self.codecs.iter().any(|(p, _)| *p == pt) {
+                    self.codecs.push((pt, spec));
                 }
             }
             self.media.push(PublishedMedia {
-                mid,
-                kind,
+                mid: media.mid,
+                kind: media.kind,
                 track: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
-                rids,
+                rids: media.rids_rx,
             });
         }
     }

@@ -9,6 +9,7 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::Rtc;
 
+use super::negotiated;
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
@@ -49,37 +50,22 @@ impl ViewerSide {
     /// Records the m-lines the client receives on: one slot each.
     pub fn learn_media<'a>(&mut self, rtc: &mut Rtc, mids: impl Iterator<Item = &'a str>) {
         for mid in mids {
-            let mid = Mid::from(mid);
-            let Some(media) = rtc.media(mid) else {
+            let Some(media) = negotiated(rtc, mid, &[Direction::SendOnly, Direction::SendRecv])
+            else {
                 continue;
             };
-            if !matches!(media.direction(), Direction::SendOnly | Direction::SendRecv) {
-                continue;
-            }
-            let kind = media.kind();
-            let remote_pts = media.remote_pts().to_vec();
-            let pts: Vec<(Pt, CodecSpec)> = rtc
-                .codec_config()
-                .params()
-                .iter()
-                .filter(|p| remote_pts.contains(&p.pt()))
-                .map(|p| (p.pt(), p.spec()))
-                .collect();
             let Some(ssrc) = rtc
                 .direct_api()
-                .stream_tx_by_mid(mid, None)
+                .stream_tx_by_mid(media.mid, None)
                 .map(|s| s.ssrc())
             else {
                 continue;
             };
-            if pts.is_empty() {
-                continue;
-            }
             self.slots.push(Slot {
-                mid,
-                kind,
+                mid: media.mid,
+                kind: media.kind,
                 ssrc,
-                pts,
+                pts: media.codecs,
                 mapped: None,
                 vp8: Vp8Rewriter::default(),
                 track: None,
