@@ -20,7 +20,7 @@ use crate::metrics::client_family;
 use crate::peer::{offer, AcceptError, PeerKey, Role};
 use crate::room::SessionEntry;
 use crate::router::RoomId;
-use crate::shard::{AcceptRequest, Command};
+use crate::shard::{AcceptRequest, Command, PatchOutcome};
 
 /// How long an HTTP request waits for a shard's answer.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -265,41 +265,6 @@ async fn patch(
     }
     let body = read_body(request.into_body(), state.config.http.max_body_bytes).await?;
     let frag = sdpfrag::parse(&body);
-    let shard = &state.shards[entry.shard];
-
-    // New credentials mean an ICE restart (RFC 9725 section 4.4.2).
-    if let (Some(ufrag), Some(pwd)) = (frag.ufrag.clone(), frag.pwd.clone()) {
-        {
-            let (reply, answer) = oneshot::channel();
-            shard.send(Command::IceRestart {
-                key,
-                ufrag,
-                pwd,
-                reply,
-            });
-            return match tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer).await {
-                Ok(Ok(Some(Ok(fragment)))) => {
-                    let mut response = (StatusCode::OK, fragment).into_response();
-                    let headers = response.headers_mut();
-                    headers.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/trickle-ice-sdpfrag"),
-                    );
-                    insert_header(headers, header::ETAG, &entry.etag);
-                    Ok(response)
-                }
-                Ok(Ok(Some(Err(e)))) => {
-                    Err(Problem::bad_request(format!("ICE restart failed: {e}")))
-                }
-                Ok(Ok(None)) => Err(Problem::not_found("the session has ended")),
-                _ => Err(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable",
-                    "the media shard did not answer in time; try again",
-                )),
-            };
-        }
-    }
 
     let mut candidates = Vec::new();
     for line in &frag.candidates {
@@ -310,15 +275,35 @@ async fn patch(
             }
         }
     }
-    if !candidates.is_empty() {
-        let (reply, found) = oneshot::channel();
-        shard.send(Command::AddCandidates {
-            key,
-            candidates,
-            reply,
-        });
-        if let Ok(Ok(false)) = tokio::time::timeout(SHARD_REPLY_TIMEOUT, found).await {
-            return Err(Problem::not_found("the session has ended"));
+    let (reply, outcome) = oneshot::channel();
+    state.shards[entry.shard].send(Command::Patch {
+        key,
+        credentials: frag.ufrag.zip(frag.pwd),
+        candidates,
+        reply,
+    });
+    match tokio::time::timeout(SHARD_REPLY_TIMEOUT, outcome).await {
+        Ok(Ok(PatchOutcome::Trickled)) => {}
+        Ok(Ok(PatchOutcome::Restarted(fragment))) => {
+            let mut response = (StatusCode::OK, fragment).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+            insert_header(headers, header::ETAG, &entry.etag);
+            return Ok(response);
+        }
+        Ok(Ok(PatchOutcome::Failed(e))) => {
+            return Err(Problem::bad_request(format!("ICE restart failed: {e}")))
+        }
+        Ok(Ok(PatchOutcome::Gone)) => return Err(Problem::not_found("the session has ended")),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "the media shard did not answer in time; try again",
+            ))
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())

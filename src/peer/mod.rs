@@ -103,6 +103,8 @@ pub struct Peer {
     pub queued: bool,
     /// When this viewer last asked its publisher for a keyframe.
     pub keyframe_asked: Option<Instant>,
+    /// The client's ICE username fragment (from its offer, or its last restart).
+    pub remote_ufrag: String,
     /// Set when the WebRTC stack panicked: the session is ended at once.
     failed: Option<&'static str>,
     /// Live packets wait while the keyframe cache is on its way from another shard.
@@ -180,6 +182,7 @@ impl Peer {
             queued: false,
             keyframe_asked: None,
             failed: None,
+            remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
             awaiting_replay: false,
             first_video_at: None,
             offer_text: offer_text.to_string(),
@@ -221,6 +224,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
         self.offer_text = text;
+        self.remote_ufrag = ufrag.to_string();
         self.ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
         let answer = answer.to_sdp_string();
         let mut frag = String::new();

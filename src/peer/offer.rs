@@ -104,6 +104,13 @@ fn clip(line: &str) -> String {
     s
 }
 
+/// The first `a=ice-ufrag` of an SDP (session or first m-line).
+pub fn first_ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
+}
+
 pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
     let mut media: Vec<OfferedMedia> = Vec::new();
     let mut bundle_only = false;

@@ -12,18 +12,13 @@ use crate::router::{MediaPacket, RoomId};
 pub enum Command {
     /// Create a session from an offer; the reply carries the SDP answer.
     Accept(Box<AcceptRequest>),
-    /// Trickled remote candidates (WHIP/WHEP PATCH). Replies whether the session exists.
-    AddCandidates {
+    /// A WHIP/WHEP PATCH: trickled candidates, or an ICE restart when the
+    /// credentials differ from the session's current ones.
+    Patch {
         key: PeerKey,
+        credentials: Option<(String, String)>,
         candidates: Vec<Candidate>,
-        reply: oneshot::Sender<bool>,
-    },
-    /// ICE restart with the client's new credentials; replies with our fragment.
-    IceRestart {
-        key: PeerKey,
-        ufrag: String,
-        pwd: String,
-        reply: oneshot::Sender<Option<Result<String, AcceptError>>>,
+        reply: oneshot::Sender<PatchOutcome>,
     },
     /// End a session. Replies whether it existed here.
     End {
@@ -64,6 +59,18 @@ pub enum Command {
         room: RoomId,
     },
     Shutdown,
+}
+
+/// What a PATCH did.
+#[derive(Debug)]
+pub enum PatchOutcome {
+    /// The session is not (or no longer) here.
+    Gone,
+    /// Candidates added to the current ICE session.
+    Trickled,
+    /// ICE restarted; our new credentials and candidates as an SDP fragment.
+    Restarted(String),
+    Failed(AcceptError),
 }
 
 pub struct AcceptRequest {

@@ -22,9 +22,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::ice::StunMessage;
 use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
-use str0m::Input;
+use str0m::{Candidate, Input};
 
-pub use command::{AcceptRequest, Command};
+pub use command::{AcceptRequest, Command, PatchOutcome};
 pub use socket::default_bind_ips;
 use socket::{SendBatch, ShardSockets};
 use timers::Timers;
@@ -291,40 +291,14 @@ impl ShardLoop {
         while let Ok(command) = self.rx.try_recv() {
             match command {
                 Command::Accept(request) => self.accept(*request),
-                Command::AddCandidates {
+                Command::Patch {
                     key,
+                    credentials,
                     candidates,
                     reply,
                 } => {
-                    let found = match self.peers.get_mut(&key) {
-                        Some(peer) => {
-                            for c in candidates {
-                                peer.rtc.add_remote_candidate(c);
-                            }
-                            enqueue(&mut self.queue, peer);
-                            true
-                        }
-                        None => false,
-                    };
-                    let _ = reply.send(found);
-                }
-                Command::IceRestart {
-                    key,
-                    ufrag,
-                    pwd,
-                    reply,
-                } => {
-                    let result = self.peers.get_mut(&key).map(|peer| {
-                        let old = peer.ufrag.clone();
-                        let result = peer.ice_restart(&ufrag, &pwd);
-                        if peer.ufrag != old {
-                            self.by_ufrag.remove(&old);
-                            self.by_ufrag.insert(peer.ufrag.clone(), key);
-                        }
-                        enqueue(&mut self.queue, peer);
-                        result
-                    });
-                    let _ = reply.send(result);
+                    let outcome = self.patch(key, credentials, candidates);
+                    let _ = reply.send(outcome);
                 }
                 Command::End { key, reason, reply } => {
                     let ended = self.end_peer(key, reason);
@@ -369,6 +343,38 @@ impl ShardLoop {
             }
         }
         true
+    }
+
+    fn patch(
+        &mut self,
+        key: PeerKey,
+        credentials: Option<(String, String)>,
+        candidates: Vec<Candidate>,
+    ) -> PatchOutcome {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return PatchOutcome::Gone;
+        };
+        let mut outcome = PatchOutcome::Trickled;
+        // A fragment names the ICE session it belongs to: new credentials mean the
+        // client restarted ICE (RFC 9725 §4.4).
+        if let Some((ufrag, pwd)) = credentials.filter(|(u, _)| *u != peer.remote_ufrag) {
+            let old = peer.ufrag.clone();
+            outcome = match peer.ice_restart(&ufrag, &pwd) {
+                Ok(fragment) => PatchOutcome::Restarted(fragment),
+                Err(e) => PatchOutcome::Failed(e),
+            };
+            if peer.ufrag != old {
+                self.by_ufrag.remove(&old);
+                self.by_ufrag.insert(peer.ufrag.clone(), key);
+            }
+        }
+        if !matches!(outcome, PatchOutcome::Failed(_)) {
+            for c in candidates {
+                peer.rtc.add_remote_candidate(c);
+            }
+        }
+        enqueue(&mut self.queue, peer);
+        outcome
     }
 
     fn accept(&mut self, request: AcceptRequest) {
