@@ -35,7 +35,14 @@ pub struct Registry {
     /// event streams. Kept apart from `rooms` so a watcher keeps its channel
     /// while the room empties and fills again.
     live: DashMap<RoomId, tokio::sync::watch::Sender<bool>>,
+    /// Sessions the server ended (closed by the client, reaped) that the client
+    /// has not DELETEd yet: OBS closes the connection first, then DELETEs, and
+    /// expects 200.
+    ended: DashMap<PeerKey, (RoomId, Role, Instant)>,
 }
+
+/// How long an ended session's resource still answers DELETE with 200.
+const ENDED_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Registry {
     /// Claims `room`'s publisher seat for `key`; `Err` with the holder if taken.
@@ -99,6 +106,27 @@ impl Registry {
             .entry(room.clone())
             .or_insert_with(|| tokio::sync::watch::channel(false).0)
             .subscribe()
+    }
+
+    /// Remembers a session the server ended on its own.
+    pub fn remember_ended(&self, key: PeerKey, room: &RoomId, role: Role) {
+        if self.ended.len() > 1024 {
+            let now = Instant::now();
+            self.ended
+                .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < ENDED_KEPT_FOR);
+        }
+        self.ended.insert(key, (room.clone(), role, Instant::now()));
+    }
+
+    /// The client DELETEs a session the server already ended: true (once) if it
+    /// was ours, in that room and of that role, and recent.
+    pub fn take_ended(&self, key: PeerKey, room: &str, role: Role) -> bool {
+        match self.ended.remove(&key) {
+            Some((_, (r, kind, at))) => {
+                &*r == room && kind == role && at.elapsed() < ENDED_KEPT_FOR
+            }
+            None => false,
+        }
     }
 
     pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {

@@ -20,7 +20,7 @@ use crate::metrics::client_family;
 use crate::peer::{offer, AcceptError, PeerKey, Role};
 use crate::room::SessionEntry;
 use crate::router::RoomId;
-use crate::shard::{AcceptRequest, Command, PatchOutcome};
+use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
 
 /// How long an HTTP request waits for a shard's answer.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,12 +213,21 @@ async fn delete_session(
 ) -> Response {
     let (key, entry) = match find_session(&state, role, &room, &session) {
         Ok(found) => found,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => {
+            // Ended by the server already (the client closed the connection
+            // first, as OBS does, or it was reaped): the DELETE still succeeds.
+            let ended =
+                PeerKey::parse(&session).is_some_and(|k| state.registry.take_ended(k, &room, role));
+            if ended {
+                return StatusCode::OK.into_response();
+            }
+            return problem.into_response();
+        }
     };
     let (reply, ended) = oneshot::channel();
     let command = Command::End {
         key,
-        reason: "deleted by the client",
+        reason: DELETED_BY_CLIENT,
         reply: Some(reply),
     };
     if state.shards[entry.shard].send(command) {

@@ -420,6 +420,37 @@ pub(crate) fn negotiated(
     })
 }
 
+/// H264 profiles real clients offer beyond str0m's defaults (42001f, 42e01f,
+/// 4d001f, 64001f): Safari's constrained high 640c1f, level 5 main/high, high
+/// 4:4:4. We forward any profile, so we accept them all (packetization-mode 1).
+const EXTRA_H264_PROFILES: [u32; 4] = [0x640c1f, 0x640032, 0x4d0032, 0xf4001f];
+
+fn with_more_h264_profiles(mut config: RtcConfig) -> RtcConfig {
+    let codecs = config.codec_config();
+    let mut used: Vec<u8> = codecs
+        .params()
+        .iter()
+        .flat_map(|p| [Some(p.pt()), p.resend()])
+        .flatten()
+        .map(|pt| *pt)
+        .collect();
+    // Payload types are renumbered to the client's in an answer; ours only need to
+    // be distinct.
+    let mut free = (96u8..=127)
+        .chain(35..=63)
+        .filter(|pt| !used.contains(pt))
+        .collect::<Vec<_>>()
+        .into_iter();
+    for profile in EXTRA_H264_PROFILES {
+        let (Some(pt), Some(rtx)) = (free.next(), free.next()) else {
+            break;
+        };
+        used.extend([pt, rtx]);
+        codecs.add_h264(pt.into(), Some(rtx.into()), true, profile);
+    }
+    config
+}
+
 fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcConfig {
     let mut config = RtcConfig::new()
         .set_rtp_mode(true)
@@ -437,7 +468,7 @@ fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcCon
         config = match codec {
             Codec::Vp8 => config.enable_vp8(true),
             Codec::Vp9 => config.enable_vp9(true),
-            Codec::H264 => config.enable_h264(true),
+            Codec::H264 => with_more_h264_profiles(config.enable_h264(true)),
             Codec::H265 => config.enable_h265(true),
             Codec::Av1 => config.enable_av1(true),
             _ => config,

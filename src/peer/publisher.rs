@@ -44,6 +44,8 @@ struct IncomingStream {
     track: u64,
     layer: u8,
     kind: MediaKind,
+    /// RTP timestamp of the last picture that started a keyframe.
+    last_keyframe_ts: Option<u32>,
 }
 
 impl PublisherSide {
@@ -83,10 +85,14 @@ impl PublisherSide {
             return None; // padding
         }
         let ssrc = packet.header.ssrc;
-        let stream = match self.streams.iter().find(|s| s.ssrc == ssrc) {
-            Some(s) => *s,
-            None => self.learn_stream(rtc, ssrc)?,
+        let index = match self.streams.iter().position(|s| s.ssrc == ssrc) {
+            Some(i) => i,
+            None => {
+                self.learn_stream(rtc, ssrc)?;
+                self.streams.len() - 1
+            }
         };
+        let stream = self.streams[index];
         let pt = packet.header.payload_type;
         let codec = self
             .codecs
@@ -97,12 +103,19 @@ impl PublisherSide {
             Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
             _ => None,
         };
-        let keyframe = match &vp8 {
+        let starts = match &vp8 {
             Some(d) => d.starts_keyframe(&packet.payload),
             None => {
                 stream.kind == MediaKind::Video && starts_keyframe(codec.codec, &packet.payload)
             }
         };
+        // Only the first keyframe packet of a picture starts it: H264 sends SPS,
+        // PPS, then IDR fragments, and each would otherwise look like a start.
+        let timestamp = packet.header.timestamp;
+        let keyframe = starts && stream.last_keyframe_ts != Some(timestamp);
+        if keyframe {
+            self.streams[index].last_keyframe_ts = Some(timestamp);
+        }
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
@@ -137,6 +150,7 @@ impl PublisherSide {
             track: media.track,
             layer: simulcast::rank(rid.as_deref(), &media.rids),
             kind: media.kind,
+            last_keyframe_ts: None,
         };
         tracing::debug!(%ssrc, %mid, ?rid, layer = stream.layer, source = stream.source, "new incoming stream");
         self.streams.push(stream);

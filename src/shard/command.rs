@@ -9,6 +9,9 @@ use tokio::sync::oneshot;
 use crate::peer::{AcceptError, PeerKey, Role};
 use crate::router::{MediaPacket, RoomId};
 
+/// The reason given when the client DELETEs its session.
+pub const DELETED_BY_CLIENT: &str = "deleted by the client";
+
 pub enum Command {
     /// Create a session from an offer; the reply carries the SDP answer.
     Accept(Box<AcceptRequest>),

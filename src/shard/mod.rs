@@ -24,7 +24,7 @@ use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input};
 
-pub use command::{AcceptRequest, Command, PatchOutcome};
+pub use command::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
 pub use socket::default_bind_ips;
 use socket::{SendBatch, ShardSockets};
 use timers::Timers;
@@ -460,6 +460,9 @@ impl ShardLoop {
         }
         peer.rtc.disconnect();
         self.registry.remove_session(key, &peer.room, peer.role);
+        if reason != DELETED_BY_CLIENT {
+            self.registry.remember_ended(key, &peer.room, peer.role);
+        }
         let room = peer.room.clone();
         match peer.role {
             Role::Publisher => {
@@ -539,6 +542,14 @@ impl ShardLoop {
         let sends = &mut self.sends;
         let mut events = std::mem::take(&mut self.events);
         peer.drain(&mut |t| sends.push(t), &mut events);
+        // str0m's pacer releases written packets only on a timeout; when it asks
+        // for one now (it does after writes), give it at once so forwarded packets
+        // leave in this loop turn rather than the next.
+        let now = Instant::now();
+        if peer.next_timeout.is_some_and(|at| at <= now) {
+            peer.handle_input(Input::Timeout(now));
+            peer.drain(&mut |t| sends.push(t), &mut events);
+        }
         if let Some(at) = peer.next_timeout {
             if before != Some(at) {
                 self.timers.schedule(key, at);

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::media::{body, is_vp8_keyframe_start, parse_vp8, Kind, ReceivedPacket, SentPacket};
+use super::media::{body, parse_vp8, starts_keyframe, Format, Kind, ReceivedPacket, SentPacket};
 
 /// A run of received packets that came, in order and complete, from one publisher.
 #[derive(Debug, Clone)]
@@ -81,9 +81,11 @@ fn first_difference(a: &[u8], b: &[u8]) -> String {
 /// `sources` are the sent lists of the publishers the stream may come from, in
 /// any order. The received stream must be a sequence of runs, each an exact,
 /// in-order, gap-free run of one source's packets (payload bytes identical, VP8
-/// payload descriptors aside from the picture id identical, markers identical,
+/// payload descriptors aside from the picture id identical, H264 payloads
+/// identical byte for byte, markers identical,
 /// timestamp steps identical); for video every run starts on the first packet
-/// of a key frame. Across the whole stream: one SSRC, the payload type
+/// of a key frame (H264: the SPS that opens an IDR access unit). Across the
+/// whole stream: one SSRC, the payload type
 /// `expected_pt`, consecutive sequence numbers, timestamps moving forward, and
 /// (video) VP8 picture ids increasing by one per frame.
 pub fn check_stream(
@@ -176,7 +178,12 @@ pub fn check_stream_with(
             .ok_or_else(|| format!("{}: was never sent by any source", ctx()))?;
         let s = &sources[src][pos];
 
-        let (rb, sb) = (body(kind, &r.payload), body(kind, &s.payload));
+        // Only VP8 has a payload descriptor a server may rewrite; H264 and Opus
+        // payloads must arrive exactly as sent.
+        let (rb, sb) = match s.format {
+            Format::Vp8 => (body(kind, &r.payload), body(kind, &s.payload)),
+            Format::H264 | Format::Opus => (&r.payload[..], &s.payload[..]),
+        };
         if rb != sb {
             return Err(format!(
                 "{}: payload differs from what was sent ({})",
@@ -192,7 +199,7 @@ pub fn check_stream_with(
                 s.marker
             ));
         }
-        if kind == Kind::Video {
+        if kind == Kind::Video && s.format == Format::Vp8 {
             let rh = parse_vp8(&r.payload)
                 .ok_or_else(|| format!("{}: bad VP8 payload descriptor", ctx()))?;
             let sh = parse_vp8(&s.payload).expect("own VP8 descriptor parses");
@@ -286,7 +293,7 @@ pub fn check_stream_with(
         }
         if new_segment {
             if kind == Kind::Video
-                && !(is_vp8_keyframe_start(&r.payload) && s.id.keyframe && s.id.packet == 0)
+                && !(starts_keyframe(s.format, &r.payload) && s.id.keyframe && s.id.packet == 0)
             {
                 return Err(format!(
                     "{}: video from source {src} (tag {}) does not start on a key frame",

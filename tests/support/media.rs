@@ -15,6 +15,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How a packet's payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Opus,
+    Vp8,
+    /// RFC 6184 packetization mode 1, as OBS (libdatachannel) sends x264 output.
+    H264,
+}
+
 /// Which kind of media a packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -276,6 +285,9 @@ pub fn body(kind: Kind, payload: &[u8]) -> &[u8] {
 #[derive(Debug, Clone)]
 pub struct SentPacket {
     pub kind: Kind,
+    pub format: Format,
+    /// The simulcast layer (rid) it was sent on, if any.
+    pub rid: Option<String>,
     pub id: Identity,
     /// Extended sequence number.
     pub seq: u64,
@@ -308,5 +320,154 @@ impl ReceivedPacket {
     /// The identity trailer of the payload.
     pub fn identity(&self) -> Option<Identity> {
         identity(&self.payload)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// H264 as OBS sends it (x264 output packetized by libdatachannel).
+//
+// Each access unit is a list of NAL units; a NAL unit of up to
+// `H264_MAX_PACKET` bytes goes in one packet (single NAL unit packet), a larger
+// one as FU-A fragments (never STAP-A). A keyframe is SPS, PPS, (SEI,) IDR; other
+// frames are non-IDR slices, sometimes with an SEI before or filler data after.
+// Every packet ends with the identity trailer (inside the NAL data), so the
+// payload stays self-describing; the bytes in front of it are a function of the
+// identity, as for VP8.
+
+/// Largest RTP payload OBS writes (its `MAX_VIDEO_FRAGMENT_SIZE`).
+pub const H264_MAX_PACKET: usize = 1200;
+
+pub const NAL_SLICE: u8 = 1;
+pub const NAL_IDR: u8 = 5;
+pub const NAL_SEI: u8 = 6;
+pub const NAL_SPS: u8 = 7;
+pub const NAL_PPS: u8 = 8;
+pub const NAL_FILLER: u8 = 12;
+pub const NAL_STAP_A: u8 = 24;
+pub const NAL_FU_A: u8 = 28;
+
+/// The tag written into the payloads of simulcast layer `layer` of publisher `tag`:
+/// each layer is a source of its own, told apart by its payloads.
+pub fn layer_tag(tag: u32, layer: u8) -> u32 {
+    tag | (u32::from(layer) << 24)
+}
+
+/// The layer a tag made by [`layer_tag`] names.
+pub fn tag_layer(tag: u32) -> u8 {
+    (tag >> 24) as u8
+}
+
+/// The NAL units (header byte, size of the NAL unit) of frame `frame` in `layer`
+/// (0 is the largest).
+fn h264_nal_units(frame: u32, keyframe: bool, layer: u8) -> Vec<(u8, usize)> {
+    let scale = |big: usize| match layer {
+        0 => big,
+        1 => big / 3,
+        _ => big / 8,
+    };
+    let mut units = Vec::new();
+    if keyframe {
+        // nal_ref_idc 3 for parameter sets and IDR, as x264 writes them.
+        units.push((0x60 | NAL_SPS, 26));
+        units.push((0x60 | NAL_PPS, 6));
+        units.push((NAL_SEI, 180));
+        units.push((0x60 | NAL_IDR, scale(4200).max(300)));
+    } else {
+        if frame % 5 == 0 {
+            units.push((NAL_SEI, 40));
+        }
+        let size = if frame % 2 == 0 { 1900 } else { 900 };
+        units.push((0x40 | NAL_SLICE, scale(size).max(120)));
+    }
+    if frame % 4 == 1 {
+        units.push((NAL_FILLER, 150));
+    }
+    units
+}
+
+/// The RTP payloads of H264 access unit `frame` of publisher `tag` (already a
+/// [`layer_tag`] for simulcast), one per RTP packet; `layer` only decides the sizes.
+pub fn h264_access_unit(tag: u32, frame: u32, keyframe: bool, layer: u8) -> Vec<Vec<u8>> {
+    // First the shape of each packet: (prefix bytes, filler length).
+    let mut shapes: Vec<(Vec<u8>, usize)> = Vec::new();
+    for (header, size) in h264_nal_units(frame, keyframe, layer) {
+        let nal_type = header & 0x1f;
+        if size <= H264_MAX_PACKET {
+            let mut prefix = vec![header];
+            match nal_type {
+                // profile_idc 100 (High) although the SDP says 42e01f, as x264 does.
+                NAL_SPS => prefix.extend_from_slice(&[0x64, 0x00, 0x1f, 0xac, 0xd9]),
+                NAL_PPS => prefix.extend_from_slice(&[0xeb, 0xe3, 0xcb]),
+                _ => {}
+            }
+            let fill = size.saturating_sub(prefix.len() + TRAILER_LEN);
+            shapes.push((prefix, fill));
+        } else {
+            // FU-A: indicator (F, NRI of the NAL, type 28), header (S, E, type).
+            let per_packet = H264_MAX_PACKET - 2;
+            let data = size - 1;
+            let count = data.div_ceil(per_packet - TRAILER_LEN);
+            let mut left = data;
+            for i in 0..count {
+                let chunk = left.min(per_packet - TRAILER_LEN);
+                left -= chunk;
+                let mut fu = nal_type;
+                if i == 0 {
+                    fu |= 0x80;
+                }
+                if i + 1 == count {
+                    fu |= 0x40;
+                }
+                shapes.push((vec![(header & 0xe0) | NAL_FU_A, fu], chunk));
+            }
+        }
+    }
+    let packets = shapes.len() as u8;
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (prefix, fill))| {
+            let id = Identity {
+                kind: Kind::Video,
+                tag,
+                index: frame,
+                packet: i as u8,
+                packets,
+                keyframe,
+            };
+            let mut p = prefix;
+            filler(&id, fill, &mut p);
+            p.extend_from_slice(&id.trailer());
+            debug_assert!(p.len() <= H264_MAX_PACKET);
+            p
+        })
+        .collect()
+}
+
+/// The NAL unit type a packet starts (for FU-A, of the fragmented unit, with
+/// whether this is its first fragment).
+pub fn h264_nal_type(payload: &[u8]) -> Option<(u8, bool)> {
+    let first = *payload.first()?;
+    match first & 0x1f {
+        NAL_FU_A => {
+            let fu = *payload.get(1)?;
+            Some((fu & 0x1f, fu & 0x80 != 0))
+        }
+        t => Some((t, true)),
+    }
+}
+
+/// True when the payload is the first packet of an H264 access unit that a
+/// decoder can start on: it carries the SPS (which OBS sends before each IDR).
+pub fn is_h264_keyframe_start(payload: &[u8]) -> bool {
+    h264_nal_type(payload) == Some((NAL_SPS, true))
+}
+
+/// True when the payload begins a key frame in `format`.
+pub fn starts_keyframe(format: Format, payload: &[u8]) -> bool {
+    match format {
+        Format::Vp8 => is_vp8_keyframe_start(payload),
+        Format::H264 => is_h264_keyframe_start(payload),
+        Format::Opus => false,
     }
 }

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod http;
 pub mod media;
+pub mod obs;
 pub mod peer;
 
 use std::future::Future;
@@ -17,7 +18,8 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::Rtc;
 
 pub use check::{check_stream, check_stream_with, Segment, StreamReport, Timestamps};
-pub use media::{Kind, ReceivedPacket, SentPacket, Vp8Descriptor};
+pub use media::{Format, Kind, ReceivedPacket, SentPacket, Vp8Descriptor};
+pub use obs::{ObsOptions, ObsPublisher};
 pub use peer::{Codecs, Peer, PeerState, SendConfig};
 
 /// Installs a tracing subscriber once (`RUST_LOG` decides what is shown; nothing by default).
@@ -380,7 +382,7 @@ impl Viewer {
     pub fn expected_pt(&self, kind: Kind) -> u8 {
         match kind {
             Kind::Audio => self.options.codecs.opus_pt(),
-            Kind::Video => self.options.codecs.vp8_pt(),
+            Kind::Video => self.options.codecs.video_pt(),
         }
     }
 

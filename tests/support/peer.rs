@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::media::{
-    audio_payload, identity, video_frame, Kind, ReceivedPacket, SentPacket, Vp8Descriptor,
-    AUDIO_TICKS_PER_PACKET, VIDEO_TICKS_PER_FRAME,
+    audio_payload, h264_access_unit, identity, layer_tag, video_frame, Format, Kind,
+    ReceivedPacket, SentPacket, Vp8Descriptor, AUDIO_TICKS_PER_PACKET, VIDEO_TICKS_PER_FRAME,
 };
 
 /// The payload types a peer offers.
@@ -33,25 +33,68 @@ pub enum Codecs {
     Default,
     /// Other numbers, as some clients use: Opus 100, VP8 102 (RTX 103).
     Custom,
+    /// Opus 111 and one H264 (packetization-mode 1, `42e01f`) on 102, no RTX.
+    H264,
+    /// Opus 111 and one H264 (packetization-mode 1, `42e01f`) on 125, no RTX.
+    H264Alt,
+    /// Opus 111 and one H264 (packetization-mode 1, Constrained High `640c1f`,
+    /// as Safari offers it) on 127, no RTX.
+    H264High,
 }
 
 impl Codecs {
     pub fn opus_pt(self) -> u8 {
         match self {
-            Codecs::Default => 111,
+            Codecs::Default | Codecs::H264 | Codecs::H264Alt | Codecs::H264High => 111,
             Codecs::Custom => 100,
         }
     }
 
-    pub fn vp8_pt(self) -> u8 {
+    /// The payload type of the (only) video codec.
+    pub fn video_pt(self) -> u8 {
         match self {
             Codecs::Default => 96,
             Codecs::Custom => 102,
+            Codecs::H264 => 102,
+            Codecs::H264Alt => 125,
+            Codecs::H264High => 127,
+        }
+    }
+
+    /// Same as [`Codecs::video_pt`] (kept for the VP8 tests).
+    pub fn vp8_pt(self) -> u8 {
+        self.video_pt()
+    }
+
+    /// The format of the video this peer offers.
+    pub fn video_format(self) -> Format {
+        match self {
+            Codecs::Default | Codecs::Custom => Format::Vp8,
+            Codecs::H264 | Codecs::H264Alt | Codecs::H264High => Format::H264,
         }
     }
 }
 
-fn crypto() -> Arc<CryptoProvider> {
+/// H264 format parameters: packetization mode 1 and the given profile-level-id.
+pub fn h264_params(profile_level_id: u32) -> FormatParams {
+    FormatParams {
+        level_asymmetry_allowed: Some(true),
+        packetization_mode: Some(1),
+        profile_level_id: Some(profile_level_id),
+        ..Default::default()
+    }
+}
+
+/// Opus as OBS offers it: stereo, in-band FEC.
+pub fn opus_params() -> FormatParams {
+    FormatParams {
+        min_p_time: Some(10),
+        use_inband_fec: Some(true),
+        ..Default::default()
+    }
+}
+
+pub fn crypto() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(str0m::crypto::from_feature_flags()))
@@ -89,6 +132,30 @@ pub fn build_rtc(codecs: Codecs) -> Rtc {
                 Frequency::NINETY_KHZ,
                 None,
                 FormatParams::default(),
+            );
+        }
+        Codecs::H264 | Codecs::H264Alt | Codecs::H264High => {
+            let profile = if codecs == Codecs::H264High {
+                0x640c1f
+            } else {
+                0x42e01f
+            };
+            let c = cfg.codec_config();
+            c.add_config(
+                Pt::from(codecs.opus_pt()),
+                None,
+                Codec::Opus,
+                Frequency::FORTY_EIGHT_KHZ,
+                Some(2),
+                opus_params(),
+            );
+            c.add_config(
+                Pt::from(codecs.video_pt()),
+                None,
+                Codec::H264,
+                Frequency::NINETY_KHZ,
+                None,
+                h264_params(profile),
             );
         }
     }
@@ -130,6 +197,19 @@ pub struct SendConfig {
     pub picture_id_start: u16,
     /// Frames per second (30 by default).
     pub fps: u32,
+    /// How the video is encoded (VP8 by default; H264 as OBS sends it).
+    pub video_format: Format,
+    /// Simulcast: the rids of the layers, best first, each written on the stream
+    /// declared for it (empty: one stream without a rid).
+    pub layers: Vec<String>,
+    /// Do not send the first key frame (OBS's first IDR is usually lost before
+    /// the track opens): the stream starts with delta frames.
+    pub lose_first_keyframe: bool,
+    /// Put the mid and rid header extensions into every video packet (OBS 32.1),
+    /// not only until the receiver reports (str0m's default).
+    pub mid_rid_on_every_packet: bool,
+    /// Set the marker bit on every audio packet (OBS) rather than on the first.
+    pub audio_marker_always: bool,
 }
 
 impl SendConfig {
@@ -147,6 +227,26 @@ impl SendConfig {
             audio_ts_start: 0xfff0_0000u32.wrapping_add(tag.wrapping_mul(7_000_001)),
             picture_id_start: 0x7ff0u16.wrapping_add(tag as u16) & 0x7fff,
             fps: 30,
+            video_format: Format::Vp8,
+            layers: Vec::new(),
+            lose_first_keyframe: false,
+            mid_rid_on_every_packet: false,
+            audio_marker_always: false,
+        }
+    }
+
+    /// What OBS 30-32 sends: Opus with the marker on every packet, H264 (x264
+    /// packetized by libdatachannel) with a key frame every 2 s (60 frames) and
+    /// never on request, sequence numbers from 0.
+    pub fn obs(tag: u32) -> Self {
+        SendConfig {
+            keyframe_interval: Some(60),
+            answer_keyframe_requests: false,
+            video_seq_start: 0,
+            audio_seq_start: 0,
+            video_format: Format::H264,
+            audio_marker_always: true,
+            ..SendConfig::new(tag)
         }
     }
 }
@@ -157,6 +257,8 @@ enum Command {
     RequestKeyframe(KeyframeRequestKind),
     /// Pause or resume; the sender is told once it is done.
     Pause(bool, Sender<()>),
+    /// Close the connection (RTCP BYE, DTLS close_notify); told once drained.
+    Close(Sender<()>),
 }
 
 /// Everything a peer saw and did, shared with the test.
@@ -261,6 +363,7 @@ impl Peer {
                     gen: send.map(MediaGen::new),
                     paused: false,
                     connected: false,
+                    closing: None,
                 };
                 let result = driver.run();
                 let mut st = driver.state();
@@ -312,6 +415,16 @@ impl Peer {
         }
     }
 
+    /// Closes the connection as a client that stops does (str0m sends RTCP BYE
+    /// and a DTLS close_notify), then stops the thread.
+    pub fn close(&mut self) {
+        let (tx, rx) = mpsc::channel();
+        if self.commands.send(Command::Close(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
+        self.stop();
+    }
+
     /// Stops the thread and waits for it.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -340,6 +453,9 @@ struct MediaGen {
     audio_counter: u32,
     frame: u32,
     video_seq: u64,
+    /// Next sequence number of each simulcast layer (H264 path; one entry without simulcast).
+    layer_seq: Vec<u64>,
+    first_keyframe_lost: bool,
     audio_seq: u64,
     picture_id: u16,
     force_keyframe: bool,
@@ -354,6 +470,8 @@ impl MediaGen {
             audio_counter: 0,
             frame: 0,
             video_seq: u64::from(cfg.video_seq_start),
+            layer_seq: vec![u64::from(cfg.video_seq_start); cfg.layers.len().max(1)],
+            first_keyframe_lost: false,
             audio_seq: u64::from(cfg.audio_seq_start),
             picture_id: cfg.picture_id_start,
             force_keyframe: false,
@@ -379,6 +497,8 @@ struct Driver {
     gen: Option<MediaGen>,
     paused: bool,
     connected: bool,
+    /// Told once a close has drained.
+    closing: Option<Sender<()>>,
 }
 
 impl Driver {
@@ -398,6 +518,12 @@ impl Driver {
             self.produce(Instant::now());
 
             let timeout = self.poll()?;
+            if self.closing.is_some() && !self.rtc.is_alive() {
+                if let Some(done) = self.closing.take() {
+                    let _ = done.send(());
+                }
+                return Ok(());
+            }
 
             let mut wake = timeout.min(Instant::now() + Duration::from_millis(20));
             if self.connected && !self.paused {
@@ -531,6 +657,15 @@ impl Driver {
                     }
                 }
             }
+            Command::Close(done) => {
+                self.paused = true;
+                if self.rtc.close().is_err() || !self.rtc.is_alive() {
+                    let _ = done.send(());
+                    self.shared.stop.store(true, Ordering::SeqCst);
+                } else {
+                    self.closing = Some(done);
+                }
+            }
             Command::RequestKeyframe(kind) => {
                 let video: Vec<Mid> = self
                     .state()
@@ -601,9 +736,19 @@ impl Driver {
             }
         }
         if want_video {
+            let format = self.gen.as_ref().map(|g| g.cfg.video_format);
             if let Some(mid) = self.send_mid(MediaKind::Video) {
-                if let Some(pt) = self.pt_for(mid, Codec::Vp8) {
-                    self.produce_video(now, mid, pt);
+                match format {
+                    Some(Format::H264) => {
+                        if let Some(pt) = self.pt_for(mid, Codec::H264) {
+                            self.produce_h264(now, mid, pt);
+                        }
+                    }
+                    _ => {
+                        if let Some(pt) = self.pt_for(mid, Codec::Vp8) {
+                            self.produce_video(now, mid, pt);
+                        }
+                    }
                 }
             }
         }
@@ -625,9 +770,11 @@ impl Driver {
                 .audio_ts_start
                 .wrapping_add(counter.wrapping_mul(AUDIO_TICKS_PER_PACKET));
             let seq = gen.audio_seq;
-            let marker = counter == 0;
+            let marker = counter == 0 || gen.cfg.audio_marker_always;
             written.push(SentPacket {
                 kind: Kind::Audio,
+                format: Format::Opus,
+                rid: None,
                 id: identity(&payload).expect("own audio payload has a trailer"),
                 seq,
                 timestamp: ts,
@@ -678,6 +825,8 @@ impl Driver {
                 let payload: Arc<[u8]> = p.into();
                 written.push(SentPacket {
                     kind: Kind::Video,
+                    format: Format::Vp8,
+                    rid: None,
                     id: identity(&payload).expect("own video payload has a trailer"),
                     seq: gen.video_seq,
                     timestamp: ts,
@@ -694,6 +843,92 @@ impl Driver {
         }
         gen.next_video = Some(due);
         self.write(mid, pt, &written);
+        self.state().sent_video.extend(written);
+    }
+
+    /// Writes the H264 access units that are due, on every simulcast layer.
+    fn produce_h264(&mut self, now: Instant, mid: Mid, pt: Pt) {
+        let Some(gen) = self.gen.as_mut() else { return };
+        let due = *gen.next_video.get_or_insert(now);
+        if due > now {
+            return;
+        }
+        let layers: Vec<Option<String>> = if gen.cfg.layers.is_empty() {
+            vec![None]
+        } else {
+            gen.cfg.layers.iter().cloned().map(Some).collect()
+        };
+        let mut written = Vec::new();
+        let mut due = due;
+        while due <= now {
+            let frame = gen.frame;
+            let keyframe = frame == 0
+                || gen.force_keyframe
+                || gen
+                    .cfg
+                    .keyframe_interval
+                    .is_some_and(|n| n > 0 && frame % n == 0);
+            gen.force_keyframe = false;
+            let lost = keyframe && gen.cfg.lose_first_keyframe && !gen.first_keyframe_lost;
+            if lost {
+                gen.first_keyframe_lost = true;
+            }
+            let ts = gen
+                .cfg
+                .video_ts_start
+                .wrapping_add(frame.wrapping_mul(VIDEO_TICKS_PER_FRAME));
+            for (layer, rid) in layers.iter().enumerate() {
+                if lost {
+                    // Never on the wire, so it takes no sequence numbers either.
+                    continue;
+                }
+                let tag = if rid.is_some() {
+                    layer_tag(gen.cfg.tag, layer as u8)
+                } else {
+                    gen.cfg.tag
+                };
+                let payloads = h264_access_unit(tag, frame, keyframe, layer as u8);
+                let n = payloads.len();
+                for (i, p) in payloads.into_iter().enumerate() {
+                    let payload: Arc<[u8]> = p.into();
+                    written.push(SentPacket {
+                        kind: Kind::Video,
+                        format: Format::H264,
+                        rid: rid.clone(),
+                        id: identity(&payload).expect("own video payload has a trailer"),
+                        seq: gen.layer_seq[layer],
+                        timestamp: ts,
+                        marker: i + 1 == n,
+                        pt: *pt,
+                        payload,
+                        at: now,
+                    });
+                    gen.layer_seq[layer] += 1;
+                }
+            }
+            gen.frame += 1;
+            due += gen.frame_interval;
+        }
+        gen.next_video = Some(due);
+        let every_packet = gen.cfg.mid_rid_on_every_packet;
+        let mut direct = self.rtc.direct_api();
+        for p in &written {
+            let rid = p.rid.as_deref().map(Rid::from);
+            let Some(tx) = direct.stream_tx_by_mid(mid, rid) else {
+                continue;
+            };
+            let mut write = RtpWrite::new(pt, p.seq.into(), p.timestamp, p.at, p.payload.clone())
+                .marker(p.marker)
+                .nackable(true);
+            if every_packet {
+                write = write.ext_vals(ExtensionValues {
+                    mid: Some(mid),
+                    rid,
+                    ..Default::default()
+                });
+            }
+            tx.write_rtp(write);
+        }
         self.state().sent_video.extend(written);
     }
 
