@@ -212,10 +212,11 @@ async fn every_corpus_offer_gets_a_good_answer_or_a_clear_refusal() {
         .collect();
     files.sort();
     assert!(files.len() >= 15, "the corpus is there");
-    // Offers written from CLIENTS.md for clients the corpus lacks (see its README).
-    let constructed = corpus_dir().join("../constructed");
-    let mut more: Vec<PathBuf> = std::fs::read_dir(constructed)
-        .expect("constructed offers")
+    // Offers written from CLIENTS.md for clients the corpus lacks, and offers
+    // captured here from real clients (see each folder's README).
+    let mut more: Vec<PathBuf> = ["../constructed", "../captured"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(corpus_dir().join(dir)).expect("offer folder"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "sdp"))
         .collect();

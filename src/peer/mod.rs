@@ -421,9 +421,12 @@ pub(crate) fn negotiated(
 }
 
 /// H264 profiles real clients offer beyond str0m's defaults (42001f, 42e01f,
-/// 4d001f, 64001f): Safari's constrained high 640c1f, level 5 main/high, high
-/// 4:4:4. We forward any profile, so we accept them all (packetization-mode 1).
-const EXTRA_H264_PROFILES: [u32; 4] = [0x640c1f, 0x640032, 0x4d0032, 0xf4001f];
+/// 4d001f, 64001f): Safari's constrained high 640c1f and high 4:4:4 f4001f. We
+/// forward any profile, so we accept them (packetization-mode 1). Only profiles
+/// distinct from the defaults: str0m matches H264 across levels, and two of our
+/// payload types matching one offered type makes it panic (`Pt locked multiple
+/// times`), so e.g. 640032 next to 64001f must not be added.
+const EXTRA_H264_PROFILES: [u32; 2] = [0x640c1f, 0xf4001f];
 
 fn with_more_h264_profiles(mut config: RtcConfig) -> RtcConfig {
     let codecs = config.codec_config();

@@ -31,7 +31,7 @@ use timers::Timers;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::peer::{Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome};
+use crate::peer::{AcceptError, Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome};
 use crate::room::Registry;
 use crate::router::{MediaPacket, RoomId, Router};
 
@@ -388,16 +388,26 @@ impl ShardLoop {
             reply,
         } = request;
         let now = Instant::now();
-        let result = Peer::accept_preferring(
-            key,
-            role,
-            room.clone(),
-            offer,
-            &offer_text,
-            &self.settings,
-            preferred_video,
-            now,
-        );
+        // A panic inside the stack on a strange offer must cost this offer only.
+        let settings = &self.settings;
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Peer::accept_preferring(
+                key,
+                role,
+                room.clone(),
+                offer,
+                &offer_text,
+                settings,
+                preferred_video,
+                now,
+            )
+        }));
+        let result = accepted.unwrap_or_else(|_| {
+            tracing::error!(session = %key, "the WebRTC stack panicked on this offer");
+            Err(AcceptError::Negotiation(
+                "the server could not negotiate this offer (internal error, logged)".to_string(),
+            ))
+        });
         let (mut peer, answer) = match result {
             Ok(ok) => ok,
             Err(e) => {
