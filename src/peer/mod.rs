@@ -20,6 +20,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 
 use crate::router::{MediaPacket, RoomId};
 pub use publisher::PublisherSide;
+use viewer::Squeeze;
 pub use viewer::{ViewerSide, WriteOutcome};
 
 /// A session's identity: in the resource URL, in the shard's tables, and in logs.
@@ -107,8 +108,12 @@ pub struct Peer {
     pub remote_ufrag: String,
     /// Set when the WebRTC stack panicked: the session is ended at once.
     failed: Option<&'static str>,
-    /// Live packets wait while the keyframe cache is on its way from another shard.
+    /// Live video waits while the keyframe cache is on its way from another shard
+    /// (the cache covers it).
     pub awaiting_replay: bool,
+    /// Video still to write, paced: the keyframe cache, then the live packets
+    /// that arrived while it was going out (they follow it, in order).
+    replay_queue: std::collections::VecDeque<(std::sync::Arc<MediaPacket>, Option<Squeeze>)>,
     /// When the first video packet was written to this viewer.
     pub first_video_at: Option<Instant>,
     /// The client's offer, kept to renegotiate on an ICE restart.
@@ -184,6 +189,7 @@ impl Peer {
             failed: None,
             remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
             awaiting_replay: false,
+            replay_queue: std::collections::VecDeque::new(),
             first_video_at: None,
             offer_text: offer_text.to_string(),
             publisher: PublisherSide::default(),
@@ -335,14 +341,48 @@ impl Peer {
         self.viewer.write(&mut self.rtc, packet)
     }
 
-    /// Writes the keyframe cache to a viewer that just connected.
-    pub fn replay(&mut self, packets: &[std::sync::Arc<MediaPacket>]) -> usize {
+    /// Queues the keyframe cache for a viewer that just connected; it goes out
+    /// paced by [`Peer::pace_replay`], live video queued behind it.
+    pub fn start_replay(&mut self, packets: &[std::sync::Arc<MediaPacket>]) {
         self.awaiting_replay = false;
-        self.viewer.replay(&mut self.rtc, packets)
+        self.replay_queue.extend(viewer::plan_replay(packets));
+    }
+
+    /// A replay is going out: live video must queue behind it.
+    pub fn is_replaying(&self) -> bool {
+        !self.replay_queue.is_empty()
+    }
+
+    /// Live video that arrives during a replay. A new keyframe makes what is
+    /// still queued pointless: it is dropped and the stream restarts on the
+    /// keyframe, numbering continuous (the publisher answered our PLI).
+    pub fn queue_behind_replay(&mut self, packet: &std::sync::Arc<MediaPacket>) {
+        if packet.keyframe {
+            self.replay_queue.clear();
+            self.viewer.restart_video();
+        }
+        self.replay_queue
+            .push_back((std::sync::Arc::clone(packet), None));
+    }
+
+    /// Writes up to `budget` queued packets; returns how many were written.
+    pub fn pace_replay(&mut self, budget: usize) -> usize {
+        let mut written = 0;
+        for _ in 0..budget {
+            let Some((packet, squeeze)) = self.replay_queue.pop_front() else {
+                break;
+            };
+            if self.viewer.write_one(&mut self.rtc, &packet, squeeze) == WriteOutcome::Written {
+                written += 1;
+            }
+        }
+        written
     }
 
     /// The room's publisher left: the viewer's streams wait for the next one.
     pub fn publisher_left(&mut self) {
+        self.replay_queue.clear();
+        self.awaiting_replay = false;
         self.viewer.clear_sources();
     }
 

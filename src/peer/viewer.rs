@@ -83,6 +83,16 @@ impl ViewerSide {
         self.slots.iter().map(|s| s.kind)
     }
 
+    /// Video slots restart on the next keyframe of their source, numbering
+    /// continuous, as on a source switch.
+    pub fn restart_video(&mut self) {
+        for slot in self.slots.iter_mut().filter(|s| s.kind == MediaKind::Video) {
+            if let Some(f) = &mut slot.forwarder {
+                f.clear_source();
+            }
+        }
+    }
+
     pub fn clear_sources(&mut self) {
         for slot in &mut self.slots {
             slot.track = None;
@@ -92,42 +102,12 @@ impl ViewerSide {
         }
     }
 
-    /// Writes the keyframe cache to a viewer that just connected: the group of
-    /// pictures since the last keyframe, in order. Their timestamps are squeezed
-    /// towards the newest one (one millisecond apart), so the viewer decodes them all
-    /// at once and then plays the live stream with no added delay; sequence numbers
-    /// run on into the live stream as usual.
-    pub fn replay(&mut self, rtc: &mut Rtc, packets: &[std::sync::Arc<MediaPacket>]) -> usize {
-        let Some(newest) = packets.last() else {
-            return 0;
-        };
-        let frames = count_frames(packets);
-        let mut frame_index = 0u32;
-        let mut previous_ts = packets[0].timestamp;
-        let mut written = 0;
-        for packet in packets {
-            if packet.timestamp != previous_ts {
-                frame_index += 1;
-                previous_ts = packet.timestamp;
-            }
-            let frames_before_newest = frames.saturating_sub(1).saturating_sub(frame_index);
-            let step = packet.codec.clock_rate.get() / 1000;
-            let squeeze = Squeeze {
-                newest_ts: newest.timestamp,
-                back: frames_before_newest.saturating_mul(step),
-            };
-            if self.write_one(rtc, packet, Some(squeeze)) == WriteOutcome::Written {
-                written += 1;
-            }
-        }
-        written
-    }
-
     pub fn write(&mut self, rtc: &mut Rtc, packet: &MediaPacket) -> WriteOutcome {
         self.write_one(rtc, packet, None)
     }
 
-    fn write_one(
+    /// Writes a packet, its timestamp moved by `squeeze` (a replayed one).
+    pub fn write_one(
         &mut self,
         rtc: &mut Rtc,
         packet: &MediaPacket,
@@ -220,15 +200,45 @@ impl ViewerSide {
     }
 }
 
-/// How a replayed packet's timestamp is moved (see [`ViewerSide::replay`]).
-#[derive(Debug, Clone, Copy)]
-struct Squeeze {
+/// How a replayed packet's timestamp is moved (see [`plan_replay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Squeeze {
     newest_ts: u32,
     back: u32,
 }
 
+/// The keyframe cache as a new viewer gets it: the group of pictures since the
+/// last keyframe, in order, each with its timestamp squeezed towards the newest
+/// one (one millisecond apart), so the viewer decodes them all at once and then
+/// plays the live stream with no added delay. Sequence numbers run on into the
+/// live stream as usual.
+pub fn plan_replay(packets: &[Arc<MediaPacket>]) -> Vec<(Arc<MediaPacket>, Option<Squeeze>)> {
+    let Some(newest) = packets.last() else {
+        return Vec::new();
+    };
+    let frames = count_frames(packets);
+    let mut frame_index = 0u32;
+    let mut previous_ts = packets[0].timestamp;
+    packets
+        .iter()
+        .map(|packet| {
+            if packet.timestamp != previous_ts {
+                frame_index += 1;
+                previous_ts = packet.timestamp;
+            }
+            let frames_before_newest = frames.saturating_sub(1).saturating_sub(frame_index);
+            let step = packet.codec.clock_rate.get() / 1000;
+            let squeeze = Squeeze {
+                newest_ts: newest.timestamp,
+                back: frames_before_newest.saturating_mul(step),
+            };
+            (Arc::clone(packet), Some(squeeze))
+        })
+        .collect()
+}
+
 /// Pictures (distinct consecutive timestamps) in a run of packets.
-fn count_frames(packets: &[std::sync::Arc<MediaPacket>]) -> u32 {
+fn count_frames(packets: &[Arc<MediaPacket>]) -> u32 {
     let mut frames = 0;
     let mut previous = None;
     for p in packets {
@@ -238,4 +248,37 @@ fn count_frames(packets: &[std::sync::Arc<MediaPacket>]) -> u32 {
         }
     }
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::gop_cache::tests::packet;
+
+    #[test]
+    fn replay_squeezes_pictures_one_millisecond_apart_ending_at_the_newest() {
+        // Three pictures (timestamps 3000, 6000, 9000), the last in two packets.
+        let mut last = Arc::into_inner(packet(4, false, 10)).expect("one owner");
+        last.timestamp = 9000;
+        let packets = vec![
+            packet(1, true, 10),
+            packet(2, false, 10),
+            packet(3, false, 10),
+            Arc::new(last),
+        ];
+        let plan = plan_replay(&packets);
+        let backs: Vec<u32> = plan
+            .iter()
+            .map(|(_, s)| s.map(|s| s.back).unwrap_or(u32::MAX))
+            .collect();
+        assert_eq!(
+            backs,
+            vec![180, 90, 0, 0],
+            "90 kHz: 1 ms = 90 ticks per picture before the newest"
+        );
+        assert!(plan
+            .iter()
+            .all(|(_, s)| s.map(|s| s.newest_ts) == Some(9000)));
+        assert!(plan_replay(&[]).is_empty());
+    }
 }

@@ -76,7 +76,7 @@ impl GopCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Instant;
     use str0m::format::{Codec, CodecSpec, FormatParams};

@@ -39,6 +39,12 @@ const WAKER: Token = Token(usize::MAX);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest time the loop sleeps with nothing due, so housekeeping still runs.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// Packets of a keyframe-cache replay sent at once: enough for a keyframe.
+const REPLAY_FIRST_BURST: usize = 48;
+/// The pace of the rest of a replay, per viewer (~40 Mbit/s of 1,200-byte packets).
+const REPLAY_PACKETS_PER_SECOND: f64 = 4000.0;
+/// How often the loop wakes while a replay is going out.
+const REPLAY_TICK: Duration = Duration::from_millis(2);
 
 /// How other threads reach a shard.
 #[derive(Clone)]
@@ -139,6 +145,8 @@ impl Shard {
                     due: Vec::new(),
                     outbox: vec![Vec::new(); shard_count],
                     buf: vec![0; 2048],
+                    replaying: Vec::new(),
+                    last_pace: Instant::now(),
                     sends: SendBatch::new(),
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
                 };
@@ -172,6 +180,9 @@ struct ShardLoop {
     /// Packets for other shards, sent once per loop turn as one batch each.
     outbox: Vec<Vec<Arc<MediaPacket>>>,
     buf: Vec<u8>,
+    /// Viewers with a keyframe-cache replay still going out.
+    replaying: Vec<PeerKey>,
+    last_pace: Instant,
     /// Datagrams to send at the end of this loop turn.
     sends: SendBatch,
     next_housekeeping: Instant,
@@ -183,12 +194,15 @@ impl ShardLoop {
         tracing::debug!(shard = self.index, addrs = ?self.sockets.local_addrs, "shard running");
         loop {
             let now = Instant::now();
-            let wake_at = self
+            let mut wake_at = self
                 .timers
                 .next_deadline()
                 .unwrap_or(now + MAX_SLEEP)
                 .min(self.next_housekeeping)
                 .min(now + MAX_SLEEP);
+            if !self.replaying.is_empty() {
+                wake_at = wake_at.min(now + REPLAY_TICK);
+            }
             let timeout = wake_at.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -205,6 +219,7 @@ impl ShardLoop {
             }
             let now = Instant::now();
             self.run_timers(now);
+            self.pace_replays(now);
             self.drain_queue();
             self.flush_outbox();
             if now >= self.next_housekeeping {
@@ -331,9 +346,7 @@ impl ShardLoop {
                     shard,
                 } => {
                     let packets = self.router.gop_snapshot(&room);
-                    if packets.is_empty() {
-                        self.request_keyframe_here(&room, Instant::now());
-                    }
+                    self.request_keyframe_here(&room, Instant::now());
                     if let Some(handle) = self.shards.get(shard) {
                         handle.send(Command::Replay { viewer, packets });
                     }
@@ -621,8 +634,17 @@ impl ShardLoop {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
             };
-            if !peer.connected || peer.awaiting_replay {
+            if !peer.connected {
                 continue;
+            }
+            if packet.kind == MediaKind::Video {
+                if peer.awaiting_replay {
+                    continue; // the cache on its way covers it
+                }
+                if peer.is_replaying() {
+                    peer.queue_behind_replay(packet);
+                    continue;
+                }
             }
             match peer.write(packet) {
                 WriteOutcome::Written => {
@@ -662,13 +684,14 @@ impl ShardLoop {
             Some(r) => (r.publisher, r.publisher_shard),
             None => (None, None),
         };
+        // The cache gives a picture at once; a fresh keyframe (from a publisher
+        // that honours PLI) also keeps the cache, and so later replays, short.
         if local_publisher.is_some() {
             let packets = self.router.gop_snapshot(&room);
-            if packets.is_empty() {
-                self.ask_keyframe(key, &room, now);
-            } else {
+            if !packets.is_empty() {
                 self.replay(key, &packets);
             }
+            self.ask_keyframe(key, &room, now);
         } else if let Some(shard) = publisher_shard {
             tracing::debug!(session = %key, publisher_shard = shard, "asking for the keyframe cache");
             if let Some(peer) = self.peers.get_mut(&key) {
@@ -687,17 +710,51 @@ impl ShardLoop {
         }
     }
 
+    /// Starts sending the keyframe cache to a viewer: the first packets (the
+    /// keyframe, usually) at once, the rest paced by [`Self::pace_replays`] so a
+    /// large group of pictures neither floods the viewer's socket nor holds up
+    /// this shard's other work.
     fn replay(&mut self, viewer: PeerKey, packets: &[Arc<MediaPacket>]) {
         let Some(peer) = self.peers.get_mut(&viewer) else {
             return;
         };
-        let written = peer.replay(packets);
+        peer.start_replay(packets);
+        let written = peer.pace_replay(REPLAY_FIRST_BURST);
         if written > 0 {
             self.metrics.packets_out.inc_by(written as u64);
             note_first_video(peer, &self.metrics);
             enqueue(&mut self.queue, peer);
         }
-        tracing::debug!(session = %viewer, packets = packets.len(), written, "keyframe cache replayed");
+        if peer.is_replaying() && !self.replaying.contains(&viewer) {
+            self.replaying.push(viewer);
+        }
+        tracing::debug!(session = %viewer, packets = packets.len(), "keyframe cache replay started");
+    }
+
+    /// Sends the next share of every replay in progress, at
+    /// [`REPLAY_PACKETS_PER_SECOND`] per viewer.
+    fn pace_replays(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last_pace);
+        self.last_pace = now;
+        if self.replaying.is_empty() {
+            return;
+        }
+        let budget = ((elapsed.as_secs_f64() * REPLAY_PACKETS_PER_SECOND) as usize).clamp(1, 64);
+        let mut still = Vec::with_capacity(self.replaying.len());
+        for key in std::mem::take(&mut self.replaying) {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            let written = peer.pace_replay(budget);
+            if written > 0 {
+                self.metrics.packets_out.inc_by(written as u64);
+                enqueue(&mut self.queue, peer);
+            }
+            if peer.is_replaying() {
+                still.push(key);
+            }
+        }
+        self.replaying = still;
     }
 
     /// A viewer needs a keyframe: ask the room's publisher, wherever it lives.
