@@ -109,7 +109,6 @@ pub fn default_bind_ips() -> Vec<IpAddr> {
 /// fan-out sends to many destinations at once, which is what `sendmmsg` is for.
 pub struct SendBatch {
     pending: Vec<str0m::net::Transmit>,
-    headers: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
 }
 
 /// What a flush did, for the metrics.
@@ -125,7 +124,6 @@ impl SendBatch {
     pub fn new() -> Self {
         SendBatch {
             pending: Vec::with_capacity(256),
-            headers: nix::sys::socket::MultiHeaders::preallocate(Self::CHUNK, None),
         }
     }
 
@@ -139,25 +137,11 @@ impl SendBatch {
 
     /// Sends everything queued, each datagram from the socket bound to its source.
     pub fn flush(&mut self, sockets: &ShardSockets) -> Sent {
-        use nix::sys::socket::{sendmmsg, MsgFlags, SockaddrStorage};
-        use std::io::IoSlice;
         use std::os::fd::AsRawFd;
 
         let mut sent = Sent::default();
-        if self.pending.is_empty() {
-            return sent;
-        }
-        if std::env::var_os("SB_SENDTO").is_some() {
-            for t in self.pending.drain(..) {
-                let i = sockets.index_of(t.source).unwrap_or(0);
-                match sockets.sockets[i].send_to(&t.contents, t.destination) {
-                    Ok(_) => sent.datagrams += 1,
-                    Err(_) => sent.failed += 1,
-                }
-            }
-            return sent;
-        }
-        // Group by socket so each sendmmsg goes out of one file descriptor.
+        // Group by socket so each sendmmsg goes out of one file descriptor (the
+        // sort is stable: each peer's datagrams keep their order).
         self.pending
             .sort_by_key(|t| sockets.index_of(t.source).unwrap_or(0));
         let mut start = 0;
@@ -176,22 +160,9 @@ impl SendBatch {
                 continue;
             };
             let chunk = &self.pending[start..end];
-            let slices: Vec<[IoSlice<'_>; 1]> =
-                chunk.iter().map(|t| [IoSlice::new(&t.contents)]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = chunk
-                .iter()
-                .map(|t| Some(SockaddrStorage::from(t.destination)))
-                .collect();
-            match sendmmsg(
-                socket.as_raw_fd(),
-                &mut self.headers,
-                &slices,
-                &addrs,
-                [],
-                MsgFlags::empty(),
-            ) {
-                Ok(results) => {
-                    let n = results.count().max(1);
+            match send_chunk(socket.as_raw_fd(), chunk) {
+                Ok(n) => {
+                    let n = n.max(1);
                     sent.datagrams += n as u64;
                     start += n;
                 }
@@ -206,6 +177,48 @@ impl SendBatch {
         }
         self.pending.clear();
         sent
+    }
+}
+
+/// One `sendmmsg` call for up to [`SendBatch::CHUNK`] datagrams; returns how many
+/// the kernel took. (nix's wrapper only reports the count through an iterator
+/// meant for `recvmmsg` results, so the call is made here directly.)
+fn send_chunk(fd: std::os::fd::RawFd, chunk: &[str0m::net::Transmit]) -> std::io::Result<usize> {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+
+    let addrs: Vec<SockaddrStorage> = chunk
+        .iter()
+        .map(|t| SockaddrStorage::from(t.destination))
+        .collect();
+    let mut iovecs: Vec<libc::iovec> = chunk
+        .iter()
+        .map(|t| libc::iovec {
+            iov_base: t.contents.as_ptr() as *mut libc::c_void,
+            iov_len: t.contents.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = iovecs
+        .iter_mut()
+        .zip(&addrs)
+        .map(|(iov, addr)| {
+            // SAFETY: mmsghdr is plain data (pointers and integers) for which all
+            // zeroes is a valid value; the fields that matter are set below.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = iov as *mut libc::iovec;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    // SAFETY: every header points at an address and an iovec that live in `addrs`
+    // and `iovecs` until after the call, and each iovec at a datagram in `chunk`,
+    // which the kernel only reads. The count matches the headers' length.
+    let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), headers.len() as libc::c_uint, 0) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
