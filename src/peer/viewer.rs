@@ -3,6 +3,7 @@
 //! itself is shared, never copied.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use str0m::format::CodecSpec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -145,12 +146,19 @@ impl ViewerSide {
                 return WriteOutcome::Skipped;
             }
         }
+        // A replayed packet stands for "now": its timestamp is squeezed towards the
+        // newest picture, so its original arrival (seconds ago) would make a later
+        // switch or restart jump the timestamps ahead by that much.
+        let arrival = match squeeze {
+            Some(_) => Instant::now(),
+            None => packet.arrival,
+        };
         let meta = PacketMeta {
             source: packet.source,
             seq: packet.seq,
             timestamp: packet.timestamp,
             keyframe: packet.keyframe,
-            arrival: packet.arrival,
+            arrival,
         };
         let mut out = match forwarder.forward(&meta) {
             Ok(out) => {
@@ -182,7 +190,7 @@ impl ViewerSide {
             pt,
             out.seq.into(),
             out.timestamp,
-            packet.arrival,
+            arrival,
             Arc::clone(&packet.payload),
         )
         .marker(packet.marker)
