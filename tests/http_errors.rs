@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{Direction, MediaKind};
 use str0m::Rtc;
 use support::http::{self, expect_problem};
-use support::{init_logging, offer_sdp, with_timeout, Publisher, PublisherOptions};
+use support::{flow, init_logging, offer_sdp, with_timeout, Publisher, PublisherOptions};
 use switchboard::config::Config;
 use switchboard::server::Server;
 
@@ -46,9 +46,7 @@ fn lower_detail(problem: &serde_json::Value) -> String {
 }
 
 async fn server() -> Server {
-    Server::start(Config::for_tests())
-        .await
-        .expect("server starts")
+    flow::start_server(Config::for_tests()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

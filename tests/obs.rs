@@ -7,24 +7,21 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::flow::{
+    self, check, check_with, drain, drain_with, live_from, start_server, wait_for_media,
+};
 use support::media::{
     h264_access_unit, h264_nal_type, identity, is_h264_keyframe_start, tag_layer, H264_MAX_PACKET,
     NAL_FILLER, NAL_FU_A, NAL_IDR, NAL_PPS, NAL_SEI, NAL_SLICE, NAL_SPS, NAL_STAP_A,
 };
 use support::{
-    check_stream_with, init_logging, wait_until, with_timeout, Codecs, Kind, ObsOptions,
-    ObsPublisher, SentPacket, StreamReport, Timestamps, Viewer, ViewerOptions,
+    init_logging, wait_until, with_timeout, Codecs, Kind, ObsOptions, ObsPublisher, SentPacket,
+    Viewer, ViewerOptions,
 };
 use switchboard::config::Config;
 use switchboard::server::Server;
 
 const TEST_LIMIT: Duration = Duration::from_secs(20);
-
-async fn start_server() -> Server {
-    Server::start(Config::for_tests())
-        .await
-        .expect("server starts")
-}
 
 async fn publish(server: &Server, room: &str, options: ObsOptions) -> ObsPublisher {
     let publisher = ObsPublisher::start(server.http_addr(), room, options)
@@ -46,80 +43,9 @@ async fn publish(server: &Server, room: &str, options: ObsOptions) -> ObsPublish
 }
 
 async fn view(server: &Server, room: &str, codecs: Codecs) -> Viewer {
-    let viewer = Viewer::start(
-        server.http_addr(),
-        room,
-        ViewerOptions::default().codecs(codecs),
-    )
-    .await
-    .expect("WHEP view");
+    let viewer = flow::view(server, room, ViewerOptions::default().codecs(codecs)).await;
     assert_eq!(viewer.session.response.status, 201);
-    wait_until("viewer connected", Duration::from_secs(5), || {
-        viewer.connected()
-    })
-    .await
-    .expect("viewer connects");
     viewer
-}
-
-async fn wait_for_media(viewer: &Viewer, video: usize, audio: usize, within: Duration) {
-    wait_until(
-        &format!("{video} video and {audio} audio packets"),
-        within,
-        || viewer.count(Kind::Video) >= video && viewer.count(Kind::Audio) >= audio,
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: got {} video and {} audio packets",
-            viewer.count(Kind::Video),
-            viewer.count(Kind::Audio)
-        )
-    });
-}
-
-/// Pauses the publisher and waits until every viewer has the last packet of
-/// `video` (the layer it should get) and of the audio.
-async fn drain(
-    publisher: &ObsPublisher,
-    viewers: &[&Viewer],
-    video: impl Fn(&ObsPublisher) -> Vec<SentPacket>,
-) -> (Vec<SentPacket>, Vec<SentPacket>) {
-    publisher.pause();
-    let video = video(publisher);
-    let audio = publisher.sent(Kind::Audio);
-    for (i, viewer) in viewers.iter().enumerate() {
-        for sent in [&video, &audio] {
-            if let Some(last) = sent.last() {
-                wait_until(
-                    &format!("viewer {i} to receive the last {:?} packet", last.kind),
-                    Duration::from_secs(3),
-                    || viewer.has_received(last),
-                )
-                .await
-                .expect("the tail of the stream arrives");
-            }
-        }
-    }
-    (video, audio)
-}
-
-fn check(viewer: &Viewer, kind: Kind, sent: &[SentPacket], timestamps: Timestamps) -> StreamReport {
-    let received = viewer.received(kind);
-    check_stream_with(
-        kind,
-        &[sent],
-        &received,
-        viewer.expected_pt(kind),
-        timestamps,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{kind:?} stream of the viewer with {:?} (PT {}): {e}",
-            viewer.options.codecs,
-            viewer.expected_pt(kind)
-        )
-    })
 }
 
 /// Index in `sent` of the first packet of the first key frame.
@@ -127,17 +53,6 @@ fn first_keyframe(sent: &[SentPacket]) -> usize {
     sent.iter()
         .position(|p| p.id.keyframe && p.id.packet == 0)
         .expect("a key frame was sent")
-}
-
-/// Like the live check in whip_whep.rs: timestamps must step exactly as sent for
-/// packets sent 200 ms after the viewer connected; earlier ones may come from
-/// the key frame cache, whose replay may compress them.
-fn live_from(viewer: &Viewer) -> Timestamps {
-    let connected = viewer
-        .peer
-        .with_state(|s| s.connected_at)
-        .expect("viewer connected");
-    Timestamps::ExactFrom(connected + Duration::from_millis(200))
 }
 
 fn assert_obs_offer_shape(offer: &str, simulcast: bool) {
@@ -262,7 +177,7 @@ fn h264_payloads_look_like_obs() {
 async fn obs_publisher_without_candidates_reaches_two_viewers_intact() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = start_server().await;
+        let server = start_server(Config::for_tests()).await;
         let mut publisher = publish(
             &server,
             "obs",
@@ -287,8 +202,7 @@ async fn obs_publisher_without_candidates_reaches_two_viewers_intact() {
         for v in [&v1, &v2] {
             wait_for_media(v, 90, 100, Duration::from_secs(8)).await;
         }
-        let (sent_video, sent_audio) =
-            drain(&publisher, &[&v1, &v2], |p| p.sent(Kind::Video)).await;
+        let (sent_video, sent_audio) = drain(&publisher, &[&v1, &v2]).await;
 
         // What went out: delta frames first (the first IDR was lost), from seq 0.
         assert_eq!(sent_video[0].seq, 0);
@@ -302,14 +216,14 @@ async fn obs_publisher_without_candidates_reaches_two_viewers_intact() {
         assert!(key > 0);
 
         for v in [&v1, &v2] {
-            let video = check(v, Kind::Video, &sent_video, Timestamps::Exact);
+            let video = check(v, Kind::Video, &[&sent_video]);
             assert_eq!(video.segments.len(), 1, "one uninterrupted run: {video:?}");
             assert_eq!(
                 video.segments[0].first_sent, key,
                 "video must start on the first key frame that was sent: {video:?}"
             );
             assert_eq!(video.segments[0].end_sent(), sent_video.len());
-            let audio = check(v, Kind::Audio, &sent_audio, live_from(v));
+            let audio = check_with(v, Kind::Audio, &[&sent_audio], live_from(v));
             assert_eq!(audio.segments.len(), 1, "{audio:?}");
             assert_eq!(audio.segments[0].end_sent(), sent_audio.len());
         }
@@ -335,7 +249,7 @@ async fn obs_publisher_without_candidates_reaches_two_viewers_intact() {
 async fn mid_gop_viewer_starts_at_once_from_cached_keyframe() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = start_server().await;
+        let server = start_server(Config::for_tests()).await;
         let publisher = publish(
             &server,
             "gop",
@@ -372,7 +286,7 @@ async fn mid_gop_viewer_starts_at_once_from_cached_keyframe() {
         .await
         .expect("the server asks OBS for a key frame when a viewer wants one");
         wait_for_media(&viewer, 60, 30, Duration::from_secs(3)).await;
-        let (sent_video, _) = drain(&publisher, &[&viewer], |p| p.sent(Kind::Video)).await;
+        let (sent_video, _) = drain(&publisher, &[&viewer]).await;
 
         // OBS ignored every PLI: key frames only on the encoder's interval.
         let keys: Vec<u32> = publisher
@@ -394,7 +308,7 @@ async fn mid_gop_viewer_starts_at_once_from_cached_keyframe() {
             vec![Some(NAL_SPS), Some(NAL_PPS), Some(NAL_SEI), Some(NAL_IDR)],
             "the viewer's video must begin with the cached access unit"
         );
-        let video = check(&viewer, Kind::Video, &sent_video, live_from(&viewer));
+        let video = check_with(&viewer, Kind::Video, &[&sent_video], live_from(&viewer));
         assert_eq!(video.segments.len(), 1, "{video:?}");
         assert_eq!(
             video.segments[0].first_sent, 0,
@@ -415,7 +329,7 @@ async fn mid_gop_viewer_starts_at_once_from_cached_keyframe() {
 async fn obs_simulcast_viewer_gets_layer_zero() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = start_server().await;
+        let server = start_server(Config::for_tests()).await;
         let publisher = publish(
             &server,
             "layers",
@@ -450,7 +364,7 @@ async fn obs_simulcast_viewer_gets_layer_zero() {
 
         let viewer = view(&server, "layers", Codecs::H264).await;
         wait_for_media(&viewer, 90, 30, Duration::from_secs(6)).await;
-        let (layer0, _) = drain(&publisher, &[&viewer], |p| p.sent_layer("0")).await;
+        let (layer0, _) = drain_with(&publisher, &[&viewer], |p| p.sent_layer("0")).await;
 
         let received = viewer.received(Kind::Video);
         let mut per_layer = [0usize; 3];
@@ -464,7 +378,7 @@ async fn obs_simulcast_viewer_gets_layer_zero() {
             (0, 0),
             "packets per layer received: {per_layer:?}"
         );
-        let video = check(&viewer, Kind::Video, &layer0, live_from(&viewer));
+        let video = check_with(&viewer, Kind::Video, &[&layer0], live_from(&viewer));
         assert_eq!(video.segments.len(), 1, "{video:?}");
         assert_eq!(video.segments[0].end_sent(), layer0.len());
         drop((viewer, publisher));

@@ -5,117 +5,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::flow::{
+    check, check_with, drain, live_from, publish, start_server, view, wait_for_media,
+};
 use support::{
-    check_stream_with, init_logging, wait_until, with_timeout, Codecs, Kind, Publisher,
-    PublisherOptions, SentPacket, StreamReport, Timestamps, Viewer, ViewerOptions,
+    init_logging, wait_until, with_timeout, Codecs, Kind, PublisherOptions, Viewer, ViewerOptions,
 };
 use switchboard::config::Config;
-use switchboard::server::Server;
 
 const TEST_LIMIT: Duration = Duration::from_secs(40);
-
-async fn start_server(config: Config) -> Server {
-    Server::start(config).await.expect("server starts")
-}
-
-async fn publish(server: &Server, room: &str, options: PublisherOptions) -> Publisher {
-    let publisher = Publisher::start(server.http_addr(), room, options)
-        .await
-        .expect("WHIP publish");
-    wait_until("publisher connected", Duration::from_secs(5), || {
-        publisher.connected()
-    })
-    .await
-    .expect("publisher connects");
-    publisher
-}
-
-async fn view(server: &Server, room: &str, options: ViewerOptions) -> Viewer {
-    let viewer = Viewer::start(server.http_addr(), room, options)
-        .await
-        .expect("WHEP view");
-    wait_until("viewer connected", Duration::from_secs(5), || {
-        viewer.connected()
-    })
-    .await
-    .expect("viewer connects");
-    viewer
-}
-
-/// Waits until `viewer` has received at least `video` video and `audio` audio packets.
-async fn wait_for_media(viewer: &Viewer, video: usize, audio: usize, within: Duration) {
-    wait_until(
-        &format!("{video} video and {audio} audio packets"),
-        within,
-        || viewer.count(Kind::Video) >= video && viewer.count(Kind::Audio) >= audio,
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: got {} video and {} audio packets",
-            viewer.count(Kind::Video),
-            viewer.count(Kind::Audio)
-        )
-    });
-}
-
-/// Pauses `publisher` and waits until every viewer has the last packet it sent of each kind.
-async fn drain(publisher: &Publisher, viewers: &[&Viewer]) -> (Vec<SentPacket>, Vec<SentPacket>) {
-    publisher.pause();
-    let video = publisher.sent(Kind::Video);
-    let audio = publisher.sent(Kind::Audio);
-    for (i, viewer) in viewers.iter().enumerate() {
-        for sent in [&video, &audio] {
-            if let Some(last) = sent.last() {
-                wait_until(
-                    &format!("viewer {i} to receive the last {:?} packet", last.kind),
-                    Duration::from_secs(3),
-                    || viewer.has_received(last),
-                )
-                .await
-                .expect("the tail of the stream arrives");
-            }
-        }
-    }
-    (video, audio)
-}
-
-/// Timestamps must step exactly as the publisher's for packets sent once `viewer`
-/// was surely live (200 ms after it connected); earlier ones may come from the
-/// server's key frame cache, whose replay may compress timestamps.
-fn live_from(viewer: &Viewer) -> Timestamps {
-    let connected = viewer
-        .peer
-        .with_state(|s| s.connected_at)
-        .expect("viewer connected");
-    Timestamps::ExactFrom(connected + Duration::from_millis(200))
-}
-
-fn check(viewer: &Viewer, kind: Kind, sources: &[&[SentPacket]]) -> StreamReport {
-    check_with(viewer, kind, sources, Timestamps::Exact)
-}
-
-fn check_with(
-    viewer: &Viewer,
-    kind: Kind,
-    sources: &[&[SentPacket]],
-    timestamps: Timestamps,
-) -> StreamReport {
-    let received = viewer.received(kind);
-    check_stream_with(
-        kind,
-        sources,
-        &received,
-        viewer.expected_pt(kind),
-        timestamps,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{kind:?} stream of the viewer with {:?} payload types: {e}",
-            viewer.options.codecs
-        )
-    })
-}
 
 /// One publisher (VP8 + Opus), three viewers (one with other payload types): each
 /// viewer's video starts on a key frame and from there is exactly what was sent,

@@ -15,48 +15,18 @@
 // Only loopback is used: the server binds and announces 127.0.0.1, and when `unshare --net` is available
 // (root on Linux) the whole test runs in a fresh network namespace whose only interface is `lo`, so
 // neither the server nor Chromium can send a packet anywhere else.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { closeBrowser, isolated as inNetns, launchChromium, logging, reexecInNetns, sleep, startServer, stopChild, VERBOSE } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
 const SELF = fileURLToPath(import.meta.url);
 
 const HARD_TIMEOUT_MS = 120_000; // whole run, whatever happens
 const SERVER_START_TIMEOUT_MS = 20_000;
 const MEDIA_TIMEOUT_MS = 40_000; // from opening the pages to enough decoded frames
 const MIN_FRAMES_DECODED = 60;
-const VERBOSE = process.env.VERBOSE === '1';
 
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  // The server announces only 127.0.0.1; Chromium ignores the loopback interface unless told otherwise.
-  '--allow-loopback-in-peer-connection',
-  // The viewer page muted-autoplays; make sure playback never waits for a user gesture.
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-features=MediaRouter,OptimizationHints,Translate',
-  '--disable-dev-shm-usage', // small /dev/shm in containers
-  '--disable-default-apps',
-  '--disable-extensions',
-  '--metrics-recording-only',
-  '--no-default-browser-check',
-];
-
-function log(...args) {
-  console.log('[publish_play]', ...args);
-}
+const { log, pushLine, collectLines, watchPage } = logging('publish_play', 2000);
 
 function finish(ok, message) {
   if (message) (ok ? console.log : console.error)(`[publish_play] ${ok ? 'PASS' : 'FAIL'}: ${message}`);
@@ -64,43 +34,8 @@ function finish(ok, message) {
   process.exit(ok ? 0 : 1);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Stage 0: isolate in a private network namespace (only `lo`) when we can, by re-running ourselves.
-// ---------------------------------------------------------------------------------------------
-
-function netnsUsable() {
-  if (process.env.SWITCHBOARD_NETNS === '0' || process.env.SWITCHBOARD_IN_NETNS === '1') return false;
-  if (process.platform !== 'linux') return false;
-  const probe = spawnSync('unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up'], { stdio: 'ignore', timeout: 5000 });
-  return probe.status === 0;
-}
-
-if (process.env.SWITCHBOARD_IN_NETNS !== '1' && netnsUsable()) {
-  log('running inside a private network namespace (loopback only)');
-  const child = spawn(
-    'unshare',
-    ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, SELF, ...process.argv.slice(2)],
-    { stdio: 'inherit', detached: true, env: { ...process.env, SWITCHBOARD_IN_NETNS: '1' } },
-  );
-  const killChild = (sig) => { try { process.kill(-child.pid, sig); } catch { /* gone */ } };
-  const hard = setTimeout(() => {
-    console.error('[publish_play] FAIL: hard timeout in the namespaced run; killing it');
-    killChild('SIGKILL');
-    console.log('0 passed, 1 failed');
-    process.exit(1);
-  }, HARD_TIMEOUT_MS + 15_000);
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killChild('SIGKILL'); process.exit(1); });
-  child.on('exit', (code, signal) => {
-    clearTimeout(hard);
-    killChild('SIGKILL'); // anything left in its process group
-    if (signal) {
-      console.error(`[publish_play] FAIL: namespaced run died of ${signal}`);
-      console.log('0 passed, 1 failed');
-      process.exit(1);
-    }
-    process.exit(code ?? 1);
-  });
-} else {
+// Stage 0 (lib.mjs): isolate in a private network namespace (only `lo`) when we can.
+if (!reexecInNetns({ self: SELF, tag: 'publish_play', log, hardTimeoutMs: HARD_TIMEOUT_MS, failLine: '0 passed, 1 failed' })) {
   await main();
 }
 
@@ -109,7 +44,7 @@ if (process.env.SWITCHBOARD_IN_NETNS !== '1' && netnsUsable()) {
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
-  const isolated = process.env.SWITCHBOARD_IN_NETNS === '1';
+  const isolated = inNetns();
   if (!isolated) log('network namespace isolation unavailable or disabled; relying on loopback-only addresses');
 
   let server = null;
@@ -123,14 +58,8 @@ async function main() {
   const cleanup = async () => {
     if (cleaningUp) return cleaningUp;
     cleaningUp = (async () => {
-      if (browser) {
-        await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
-      }
-      if (server && server.exitCode === null && server.signalCode === null) {
-        server.kill('SIGTERM');
-        const exited = await Promise.race([once(server, 'exit').then(() => true), sleep(3000).then(() => false)]);
-        if (!exited) server.kill('SIGKILL');
-      }
+      await closeBrowser(browser);
+      await stopChild(server);
     })();
     return cleaningUp;
   };
@@ -162,36 +91,14 @@ async function main() {
   let message = '';
   try {
     // ----- server -----
-    const bin = serverBinary();
-    if (!existsSync(bin)) throw new Error(`server binary not found at ${bin} (run \`cargo build\` or set SWITCHBOARD_BIN)`);
-    const port = await freePort();
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--media-ip', '127.0.0.1', '--udp-port-min', '0', '--udp-port-max', '0'];
-    log(`starting ${bin} ${args.join(' ')}`);
-    server = spawn(bin, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
+    await startServer({
+      log, collectLines, sink: serverLog, rustLog: 'info', readyPath: '/', timeoutMs: SERVER_START_TIMEOUT_MS,
+      onSpawn: (child, url) => { server = child; base = url; },
     });
-    collectLines(server.stdout, serverLog, 'server');
-    collectLines(server.stderr, serverLog, 'server');
-    const serverExited = once(server, 'exit').then(([code, sig]) => {
-      throw new Error(`server exited early (code ${code}, signal ${sig})`);
-    });
-    serverExited.catch(() => {});
-    base = `http://127.0.0.1:${port}`;
-    await Promise.race([waitForHttp(base + '/', SERVER_START_TIMEOUT_MS), serverExited]);
     log(`server answers at ${base}`);
 
     // ----- browser -----
-    const { chromium } = await import('playwright-core');
-    const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-    if (!existsSync(executablePath)) throw new Error(`Chromium not found at ${executablePath} (apt-get install chromium)`);
-    const args2 = [...CHROMIUM_ARGS];
-    if (!isolated) {
-      // Outside a namespace, keep Chromium from announcing mDNS names (multicast on real interfaces).
-      const i = args2.findIndex((a) => a.startsWith('--disable-features='));
-      args2[i] += ',WebRtcHideLocalIpsWithMdns';
-    }
-    browser = await chromium.launch({ executablePath, headless: true, args: args2, timeout: 30_000 });
+    browser = await launchChromium({ isolated, hint: ' (apt-get install chromium)' });
     log(`launched Chromium ${browser.version()}`);
 
     const pubCtx = await browser.newContext({ permissions: ['camera', 'microphone'] });
@@ -200,8 +107,7 @@ async function main() {
     const viewer = await viewCtx.newPage();
     Object.assign(pages, { publisher, viewer });
     for (const [who, page] of [['publisher', publisher], ['viewer', viewer]]) {
-      page.on('console', (m) => pushLine(pageLogs[who], `${who}: [${m.type()}] ${m.text()}`));
-      page.on('pageerror', (e) => pushLine(pageLogs[who], `${who}: [pageerror] ${e.message}`));
+      watchPage(page, who, pageLogs[who]);
       page.on('requestfailed', (r) => pushLine(pageLogs[who], `${who}: [requestfailed] ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
       page.on('response', (r) => {
         if (r.request().resourceType() === 'fetch') pushLine(pageLogs[who], `${who}: [http] ${r.request().method()} ${new URL(r.url()).pathname} -> ${r.status()}`);
@@ -357,66 +263,4 @@ async function screenshots(pages) {
       log(`could not save ${file}: ${err.message}`);
     }
   }
-}
-
-function serverBinary() {
-  if (process.env.SWITCHBOARD_BIN) return path.resolve(process.env.SWITCHBOARD_BIN);
-  const target = process.env.CARGO_TARGET_DIR ? path.resolve(REPO, process.env.CARGO_TARGET_DIR) : path.join(REPO, 'target');
-  return path.join(target, 'debug', 'switchboard');
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForHttp(url, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer().catch(() => {});
-      return res.status;
-    } catch (err) {
-      last = err?.cause?.code || err?.message || String(err);
-    }
-    await sleep(100);
-  }
-  throw new Error(`server did not answer HTTP at ${url} within ${timeoutMs / 1000} s (${last})`);
-}
-
-function collectLines(stream, sink, prefix) {
-  let buf = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      pushLine(sink, `${prefix}: ${buf.slice(0, i)}`);
-      buf = buf.slice(i + 1);
-    }
-  });
-  stream.on('end', () => { if (buf) pushLine(sink, `${prefix}: ${buf}`); });
-}
-
-function pushLine(sink, line) {
-  sink.push(line);
-  if (sink.length > 2000) sink.splice(0, sink.length - 1000);
-  if (VERBOSE) console.log(line);
-}
-
-function once(emitter, event) {
-  return new Promise((resolve) => emitter.once(event, (...args) => resolve(args)));
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

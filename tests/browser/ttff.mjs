@@ -45,15 +45,13 @@
 //
 // Only loopback: the server binds and announces 127.0.0.1, FFmpeg sends to 127.0.0.1, and when
 // `unshare --net` works (root on Linux) everything runs in a fresh network namespace with only `lo`.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { existsSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { binary, closeBrowser, isolated as inNetns, launchChromium, logging, once, reexecInNetns, sleep, startServer, stopChild, VERBOSE } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
 const SELF = fileURLToPath(import.meta.url);
 
 const HARD_TIMEOUT_MS = 150_000; // the whole run, whatever happens
@@ -67,33 +65,14 @@ const FREEZE_MS = 200;
 const DECODE_SLACK_FRAMES = 2;
 const TARGET_P95 = { pli: 300, obs: 500 };
 const OBS_GOP_FRAMES = 240; // 8 s at 30 fps
-const VERBOSE = process.env.VERBOSE === '1';
 const SCENARIOS = (process.env.TTFF_SCENARIOS || 'pli,obs').split(',').map((s) => s.trim()).filter(Boolean);
 const OBS_CODEC = (process.env.TTFF_OBS_CODEC || 'vp8').toLowerCase();
 const OBS_BITRATE = process.env.TTFF_OBS_BITRATE || '800k';
 const OBS_SIZE = process.env.TTFF_OBS_SIZE || '640x360';
 
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-  // The server announces only 127.0.0.1; Chromium ignores the loopback interface unless told otherwise.
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-features=MediaRouter,OptimizationHints,Translate',
-  '--disable-dev-shm-usage',
-  '--disable-default-apps',
-  '--disable-extensions',
-  '--metrics-recording-only',
-  '--no-default-browser-check',
-  // Many viewers in background-ish headless pages: never throttle their timers or media.
+// On top of lib.mjs's flags: many viewers in background-ish headless pages: never throttle their
+// timers or media.
+const CHROMIUM_EXTRA_ARGS = [
   '--disable-background-timer-throttling',
   '--disable-renderer-backgrounding',
   '--disable-backgrounding-occluded-windows',
@@ -104,48 +83,11 @@ function intEnv(name, dflt) {
   return Number.isFinite(v) && v > 0 ? v : dflt;
 }
 
-function log(...args) {
-  console.log('[ttff]', ...args);
-}
+const { log, pushLine, collectLines, watchPage } = logging('ttff', 20000);
 
-// ---------------------------------------------------------------------------------------------
-// Stage 0: isolate in a private network namespace (only `lo`) when we can, by re-running ourselves
-// (the same approach as publish_play.mjs).
-// ---------------------------------------------------------------------------------------------
-
-function netnsUsable() {
-  if (process.env.SWITCHBOARD_NETNS === '0' || process.env.SWITCHBOARD_IN_NETNS === '1') return false;
-  if (process.platform !== 'linux') return false;
-  const probe = spawnSync('unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up'], { stdio: 'ignore', timeout: 5000 });
-  return probe.status === 0;
-}
-
-if (process.env.SWITCHBOARD_IN_NETNS !== '1' && netnsUsable()) {
-  log('running inside a private network namespace (loopback only)');
-  const child = spawn(
-    'unshare',
-    ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, SELF, ...process.argv.slice(2)],
-    { stdio: 'inherit', detached: true, env: { ...process.env, SWITCHBOARD_IN_NETNS: '1' } },
-  );
-  const killChild = (sig) => { try { process.kill(-child.pid, sig); } catch { /* gone */ } };
-  const hard = setTimeout(() => {
-    console.error('[ttff] FAIL: hard timeout in the namespaced run; killing it');
-    killChild('SIGKILL');
-    console.log(`0 passed, ${SCENARIOS.length * 2} failed`);
-    process.exit(1);
-  }, HARD_TIMEOUT_MS + 15_000);
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { killChild('SIGKILL'); process.exit(1); });
-  child.on('exit', (code, signal) => {
-    clearTimeout(hard);
-    killChild('SIGKILL'); // anything left in its process group
-    if (signal) {
-      console.error(`[ttff] FAIL: namespaced run died of ${signal}`);
-      console.log(`0 passed, ${SCENARIOS.length * 2} failed`);
-      process.exit(1);
-    }
-    process.exit(code ?? 1);
-  });
-} else {
+// Stage 0 (lib.mjs): isolate in a private network namespace (only `lo`) when we can, by re-running
+// ourselves.
+if (!reexecInNetns({ self: SELF, tag: 'ttff', log, hardTimeoutMs: HARD_TIMEOUT_MS, failLine: `0 passed, ${SCENARIOS.length * 2} failed` })) {
   await main();
 }
 
@@ -154,7 +96,7 @@ if (process.env.SWITCHBOARD_IN_NETNS !== '1' && netnsUsable()) {
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
-  const isolated = process.env.SWITCHBOARD_IN_NETNS === '1';
+  const isolated = inNetns();
   if (!isolated) log('network namespace isolation unavailable or disabled; relying on loopback-only addresses');
   for (const s of SCENARIOS) {
     if (!(s in TARGET_P95)) {
@@ -174,7 +116,7 @@ async function main() {
   const cleanup = async () => {
     if (cleaningUp) return cleaningUp;
     cleaningUp = (async () => {
-      if (browser) await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
+      await closeBrowser(browser);
       for (const c of children) await stopChild(c);
     })();
     return cleaningUp;
@@ -203,37 +145,14 @@ async function main() {
   let fatal = null;
   try {
     // ----- server -----
-    const bin = binary('SWITCHBOARD_BIN', 'switchboard');
-    if (!existsSync(bin)) throw new Error(`server binary not found at ${bin} (run \`cargo build\` or set SWITCHBOARD_BIN)`);
-    const port = await freeTcpPort();
-    const args = ['serve', '--listen', `127.0.0.1:${port}`, '--media-ip', '127.0.0.1', '--udp-port-min', '0', '--udp-port-max', '0'];
-    log(`starting ${bin} ${args.join(' ')}`);
-    const server = spawn(bin, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,switchboard=debug', NO_COLOR: '1', RUST_LOG_STYLE: 'never' },
+    const { server, base } = await startServer({
+      log, collectLines, sink: serverLog, rustLog: 'info,switchboard=debug', env: { RUST_LOG_STYLE: 'never' },
+      readyPath: '/healthz', timeoutMs: 20_000, onSpawn: (child) => children.add(child),
     });
-    children.add(server);
-    collectLines(server.stdout, serverLog, 'server');
-    collectLines(server.stderr, serverLog, 'server');
-    const serverExited = once(server, 'exit').then(([code, sig]) => {
-      throw new Error(`server exited early (code ${code}, signal ${sig})`);
-    });
-    serverExited.catch(() => {});
-    const base = `http://127.0.0.1:${port}`;
-    await Promise.race([waitForHttp(base + '/healthz', 20_000), serverExited]);
     log(`server answers at ${base}; seed ${seed}; ${N_VIEWERS} viewers per scenario over ${SPREAD_MS} ms, each held ${HOLD_MS} ms`);
 
     // ----- browser -----
-    const { chromium } = await import('playwright-core');
-    const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-    if (!existsSync(executablePath)) throw new Error(`Chromium not found at ${executablePath}`);
-    const chromeArgs = [...CHROMIUM_ARGS];
-    if (!isolated) {
-      // Outside a namespace, keep Chromium from announcing mDNS names (multicast on real interfaces).
-      const i = chromeArgs.findIndex((a) => a.startsWith('--disable-features='));
-      chromeArgs[i] += ',WebRtcHideLocalIpsWithMdns';
-    }
-    browser = await chromium.launch({ executablePath, headless: true, args: chromeArgs, timeout: 30_000 });
+    browser = await launchChromium({ isolated, extraArgs: CHROMIUM_EXTRA_ARGS });
     log(`launched Chromium ${browser.version()}`);
     const viewCtx = await browser.newContext(); // plain viewers: no camera permission
     const viewerPage = await viewCtx.newPage();
@@ -1017,43 +936,12 @@ function avg(xs) {
 
 // ----- helpers -----
 
-function binary(envName, rel) {
-  if (process.env[envName]) return path.resolve(process.env[envName]);
-  const target = process.env.CARGO_TARGET_DIR ? path.resolve(REPO, process.env.CARGO_TARGET_DIR) : path.join(REPO, 'target');
-  return path.join(target, 'debug', rel);
-}
-
 // The OBS-like publisher stands for a separate machine: on a small test box, run it (FFmpeg and
 // rtp_to_whip) ahead of the many Chromium viewers so a starved encoder does not pass for a server
 // stall. Needs root; without it `nice` warns and runs the command as is. TTFF_NICE=0 turns it off.
 function niced(cmd, args) {
   if (process.env.TTFF_NICE === '0' || process.platform !== 'linux') return [cmd, args];
   return ['nice', ['-n', '-10', cmd, ...args]];
-}
-
-function watchPage(page, who, sink) {
-  page.on('console', (m) => pushLine(sink, `${who}: [${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => pushLine(sink, `${who}: [pageerror] ${e.message}`));
-}
-
-async function stopChild(child) {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, 'exit');
-  try { child.kill('SIGTERM'); } catch { return; }
-  const ok = await Promise.race([exited.then(() => true), sleep(3000).then(() => false)]);
-  if (!ok) try { child.kill('SIGKILL'); } catch { /* gone */ }
-}
-
-function freeTcpPort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 // `count` even UDP ports P with P and P+1 free on 127.0.0.1 (RTP, and FFmpeg's RTCP on P+1).
@@ -1074,54 +962,6 @@ function udpFree(port) {
     s.once('error', () => { s.close(); resolve(false); });
     s.bind(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
-}
-
-async function waitForHttp(url, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  let last = '';
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer().catch(() => {});
-      return res.status;
-    } catch (err) {
-      last = err?.cause?.code || err?.message || String(err);
-    }
-    await sleep(100);
-  }
-  throw new Error(`server did not answer HTTP at ${url} within ${timeoutMs / 1000} s (${last})`);
-}
-
-function collectLines(stream, sink, prefix, onLine) {
-  let buf = '';
-  stream.setEncoding('utf8');
-  const emit = (l) => {
-    if (onLine) onLine(`${prefix}: ${l}`.replace(/^rtp_to_whip: rtp_to_whip: /, 'rtp_to_whip: '));
-    else pushLine(sink, `${prefix}: ${l}`);
-  };
-  stream.on('data', (chunk) => {
-    buf += chunk;
-    let i;
-    while ((i = buf.indexOf('\n')) >= 0) {
-      emit(buf.slice(0, i));
-      buf = buf.slice(i + 1);
-    }
-  });
-  stream.on('end', () => { if (buf) emit(buf); });
-}
-
-function pushLine(sink, line) {
-  sink.push(line);
-  if (sink.length > 20000) sink.splice(0, sink.length - 10000);
-  if (VERBOSE) console.log(line);
-}
-
-function once(emitter, event) {
-  return new Promise((resolve) => emitter.once(event, (...args) => resolve(args)));
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 // A small seeded PRNG, so a run's join moments can be replayed with TTFF_SEED.

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
+pub mod flow;
 pub mod http;
 pub mod media;
 pub mod obs;
@@ -142,6 +143,33 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session a 201 answer to the POST of `offer` to `path` created; an
+    /// error when the answer has no `Location`.
+    pub fn created(
+        http_addr: SocketAddr,
+        path: &str,
+        offer: String,
+        resp: http::Response,
+    ) -> Result<Session, String> {
+        let location = resp.header("location").to_string();
+        if location.is_empty() {
+            return Err(format!("POST {path}: 201 without a Location header"));
+        }
+        let etag = resp
+            .headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        Ok(Session {
+            http_addr,
+            location,
+            etag,
+            offer,
+            answer: resp.body.clone(),
+            response: resp,
+        })
+    }
+
     /// DELETE the session resource; returns the status.
     pub async fn delete(&self) -> Result<u16, String> {
         Ok(http::delete(self.http_addr, &self.location).await?.status)
@@ -215,26 +243,10 @@ async fn negotiate(
             resp.status, resp.body
         ));
     }
-    let location = resp.header("location").to_string();
-    if location.is_empty() {
-        return Err(format!("POST {path}: 201 without a Location header"));
-    }
+    let session = Session::created(http_addr, path, offer, resp)?;
     let peer = pending
-        .accept(name, &resp.body, send)
+        .accept(name, &session.answer, send)
         .map_err(|e| format!("POST {path}: {e}"))?;
-    let etag = resp
-        .headers
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let session = Session {
-        http_addr,
-        location,
-        etag,
-        offer,
-        answer: resp.body.clone(),
-        response: resp,
-    };
     Ok((peer, session))
 }
 
@@ -300,15 +312,15 @@ impl Publisher {
     }
 
     pub fn sent(&self, kind: Kind) -> Vec<SentPacket> {
-        self.peer.with_state(|s| s.sent_of(kind).to_vec())
+        self.peer.sent(kind)
     }
 
     pub fn sent_count(&self, kind: Kind) -> usize {
-        self.peer.with_state(|s| s.sent_of(kind).len())
+        self.peer.sent_count(kind)
     }
 
     pub fn keyframe_requests(&self) -> usize {
-        self.peer.with_state(|s| s.keyframe_requests.len())
+        self.peer.keyframe_requests()
     }
 
     pub fn connected(&self) -> bool {

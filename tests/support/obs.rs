@@ -30,7 +30,7 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 use super::http;
 use super::media::{layer_tag, Format, Kind, SentPacket};
-use super::peer::{self, h264_params, opus_params, Peer, SendConfig};
+use super::peer::{self, add_opus_h264, Peer, SendConfig};
 use super::Session;
 
 /// The rids OBS 32.1 uses for three layers; `0` is the largest.
@@ -94,23 +94,7 @@ pub fn build_obs_rtc(simulcast: bool) -> Rtc {
             .set_extension(1, Extension::RtpMid)
             .set_extension(2, Extension::RtpStreamId);
     }
-    let c = cfg.codec_config();
-    c.add_config(
-        Pt::from(111),
-        None,
-        Codec::Opus,
-        Frequency::FORTY_EIGHT_KHZ,
-        Some(2),
-        opus_params(),
-    );
-    c.add_config(
-        Pt::from(96),
-        None,
-        Codec::H264,
-        Frequency::NINETY_KHZ,
-        None,
-        h264_params(0x42e01f),
-    );
+    add_opus_h264(cfg.codec_config(), 111, 96, 0x42e01f);
     cfg.build(Instant::now())
 }
 
@@ -319,13 +303,10 @@ impl ObsPublisher {
         if resp.body.trim().is_empty() {
             return Err(format!("POST {path}: 201 with an empty body"));
         }
-        let location = resp.header("location").to_string();
-        if location.is_empty() {
-            return Err(format!("POST {path}: 201 without a Location header"));
-        }
-        let answer = parse_answer(&resp.body).map_err(|e| format!("POST {path}: {e}"))?;
+        let session = Session::created(http_addr, &path, offer, resp)?;
+        let answer = parse_answer(&session.answer).map_err(|e| format!("POST {path}: {e}"))?;
         configure(&mut rtc, &answer, &ssrcs, &options)
-            .map_err(|e| format!("POST {path}: {e}; answer {:?}", resp.body))?;
+            .map_err(|e| format!("POST {path}: {e}; answer {:?}", session.answer))?;
 
         let mut mids = vec![(Mid::from("1"), MediaKind::Video)];
         if options.send.audio {
@@ -333,19 +314,6 @@ impl ObsPublisher {
         }
         let name = format!("obs{}", options.send.tag);
         let peer = Peer::spawn(&name, rtc, socket, mids, Some(options.send.clone()))?;
-        let etag = resp
-            .headers
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
-        let session = Session {
-            http_addr,
-            location,
-            etag,
-            offer,
-            answer: resp.body.clone(),
-            response: resp,
-        };
         Ok(ObsPublisher {
             peer,
             session,
@@ -389,11 +357,11 @@ impl ObsPublisher {
 
     /// Everything sent of `kind` (all layers for simulcast video).
     pub fn sent(&self, kind: Kind) -> Vec<SentPacket> {
-        self.peer.with_state(|s| s.sent_of(kind).to_vec())
+        self.peer.sent(kind)
     }
 
     pub fn sent_count(&self, kind: Kind) -> usize {
-        self.peer.with_state(|s| s.sent_of(kind).len())
+        self.peer.sent_count(kind)
     }
 
     /// The video sent on the layer with rid `rid`.
@@ -420,7 +388,7 @@ impl ObsPublisher {
 
     /// PLI/FIR received from the server (OBS counts them and does nothing).
     pub fn keyframe_requests(&self) -> usize {
-        self.peer.with_state(|s| s.keyframe_requests.len())
+        self.peer.keyframe_requests()
     }
 }
 

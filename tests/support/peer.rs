@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use str0m::crypto::CryptoProvider;
-use str0m::format::{Codec, FormatParams};
+use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite};
@@ -101,6 +101,27 @@ pub fn crypto() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// Opus (stereo, in-band FEC) on `opus_pt` and H264 (packetization mode 1,
+/// `profile`, no RTX) on `video_pt`.
+pub fn add_opus_h264(c: &mut CodecConfig, opus_pt: u8, video_pt: u8, profile: u32) {
+    c.add_config(
+        Pt::from(opus_pt),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        opus_params(),
+    );
+    c.add_config(
+        Pt::from(video_pt),
+        None,
+        Codec::H264,
+        Frequency::NINETY_KHZ,
+        None,
+        h264_params(profile),
+    );
+}
+
 /// A str0m `Rtc` in RTP mode offering only Opus and VP8.
 pub fn build_rtc(codecs: Codecs) -> Rtc {
     let mut cfg = RtcConfig::new()
@@ -119,11 +140,7 @@ pub fn build_rtc(codecs: Codecs) -> Rtc {
                 Codec::Opus,
                 Frequency::FORTY_EIGHT_KHZ,
                 Some(2),
-                FormatParams {
-                    min_p_time: Some(10),
-                    use_inband_fec: Some(true),
-                    ..Default::default()
-                },
+                opus_params(),
             );
             c.add_config(
                 Pt::from(codecs.vp8_pt()),
@@ -140,22 +157,11 @@ pub fn build_rtc(codecs: Codecs) -> Rtc {
             } else {
                 0x42e01f
             };
-            let c = cfg.codec_config();
-            c.add_config(
-                Pt::from(codecs.opus_pt()),
-                None,
-                Codec::Opus,
-                Frequency::FORTY_EIGHT_KHZ,
-                Some(2),
-                opus_params(),
-            );
-            c.add_config(
-                Pt::from(codecs.video_pt()),
-                None,
-                Codec::H264,
-                Frequency::NINETY_KHZ,
-                None,
-                h264_params(profile),
+            add_opus_h264(
+                cfg.codec_config(),
+                codecs.opus_pt(),
+                codecs.video_pt(),
+                profile,
             );
         }
     }
@@ -395,6 +401,20 @@ impl Peer {
         self.with_state(|s| s.connected())
     }
 
+    /// Everything written of `kind` (all layers for simulcast video).
+    pub fn sent(&self, kind: Kind) -> Vec<SentPacket> {
+        self.with_state(|s| s.sent_of(kind).to_vec())
+    }
+
+    pub fn sent_count(&self, kind: Kind) -> usize {
+        self.with_state(|s| s.sent_of(kind).len())
+    }
+
+    /// PLI/FIR received from the other side.
+    pub fn keyframe_requests(&self) -> usize {
+        self.with_state(|s| s.keyframe_requests.len())
+    }
+
     /// Error that ended the thread, if any.
     pub fn error(&self) -> Option<String> {
         self.with_state(|s| s.error.clone())
@@ -478,6 +498,24 @@ impl MediaGen {
             frame_interval: Duration::from_micros(1_000_000 / u64::from(cfg.fps.max(1))),
             cfg,
         }
+    }
+
+    /// The video frame due next: its number, whether it is a key frame (which
+    /// answers any pending request), and its RTP timestamp.
+    fn next_frame(&mut self) -> (u32, bool, u32) {
+        let frame = self.frame;
+        let keyframe = frame == 0
+            || self.force_keyframe
+            || self
+                .cfg
+                .keyframe_interval
+                .is_some_and(|n| n > 0 && frame % n == 0);
+        self.force_keyframe = false;
+        let ts = self
+            .cfg
+            .video_ts_start
+            .wrapping_add(frame.wrapping_mul(VIDEO_TICKS_PER_FRAME));
+        (frame, keyframe, ts)
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -801,18 +839,7 @@ impl Driver {
         let mut written = Vec::new();
         let mut due = due;
         while due <= now {
-            let frame = gen.frame;
-            let keyframe = frame == 0
-                || gen.force_keyframe
-                || gen
-                    .cfg
-                    .keyframe_interval
-                    .is_some_and(|n| n > 0 && frame % n == 0);
-            gen.force_keyframe = false;
-            let ts = gen
-                .cfg
-                .video_ts_start
-                .wrapping_add(frame.wrapping_mul(VIDEO_TICKS_PER_FRAME));
+            let (frame, keyframe, ts) = gen.next_frame();
             let payloads = video_frame(
                 gen.cfg.tag,
                 frame,
@@ -861,22 +888,11 @@ impl Driver {
         let mut written = Vec::new();
         let mut due = due;
         while due <= now {
-            let frame = gen.frame;
-            let keyframe = frame == 0
-                || gen.force_keyframe
-                || gen
-                    .cfg
-                    .keyframe_interval
-                    .is_some_and(|n| n > 0 && frame % n == 0);
-            gen.force_keyframe = false;
+            let (frame, keyframe, ts) = gen.next_frame();
             let lost = keyframe && gen.cfg.lose_first_keyframe && !gen.first_keyframe_lost;
             if lost {
                 gen.first_keyframe_lost = true;
             }
-            let ts = gen
-                .cfg
-                .video_ts_start
-                .wrapping_add(frame.wrapping_mul(VIDEO_TICKS_PER_FRAME));
             for (layer, rid) in layers.iter().enumerate() {
                 if lost {
                     // Never on the wire, so it takes no sequence numbers either.
