@@ -75,6 +75,14 @@ pub enum PeerEvent {
     Gone(&'static str),
 }
 
+/// What waits in a viewer's replay queue.
+#[derive(Debug)]
+enum Queued {
+    Packet(std::sync::Arc<MediaPacket>, Option<Squeeze>),
+    /// Restart the video slot on the next keyframe (a replay was cut short).
+    Restart,
+}
+
 /// Settings shared by every peer a shard creates.
 #[derive(Clone)]
 pub struct PeerSettings {
@@ -113,7 +121,10 @@ pub struct Peer {
     pub awaiting_replay: bool,
     /// Video still to write, paced: the keyframe cache, then the live packets
     /// that arrived while it was going out (they follow it, in order).
-    replay_queue: std::collections::VecDeque<(std::sync::Arc<MediaPacket>, Option<Squeeze>)>,
+    replay_queue: std::collections::VecDeque<Queued>,
+    /// RTP timestamp (the publisher's) of the last video packet written: the
+    /// picture in progress, which a cut-short replay must still complete.
+    last_written_ts: Option<u32>,
     /// When the first video packet was written to this viewer.
     pub first_video_at: Option<Instant>,
     /// The client's offer, kept to renegotiate on an ICE restart.
@@ -190,6 +201,7 @@ impl Peer {
             remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
             awaiting_replay: false,
             replay_queue: std::collections::VecDeque::new(),
+            last_written_ts: None,
             first_video_at: None,
             offer_text: offer_text.to_string(),
             publisher: PublisherSide::default(),
@@ -345,7 +357,11 @@ impl Peer {
     /// paced by [`Peer::pace_replay`], live video queued behind it.
     pub fn start_replay(&mut self, packets: &[std::sync::Arc<MediaPacket>]) {
         self.awaiting_replay = false;
-        self.replay_queue.extend(viewer::plan_replay(packets));
+        self.replay_queue.extend(
+            viewer::plan_replay(packets)
+                .into_iter()
+                .map(|(packet, squeeze)| Queued::Packet(packet, squeeze)),
+        );
     }
 
     /// A replay is going out: live video must queue behind it.
@@ -358,22 +374,38 @@ impl Peer {
     /// keyframe, numbering continuous (the publisher answered our PLI).
     pub fn queue_behind_replay(&mut self, packet: &std::sync::Arc<MediaPacket>) {
         if packet.keyframe {
-            self.replay_queue.clear();
-            self.viewer.restart_video();
+            // Finish the picture being written (a decoder cannot use half of
+            // one), drop the rest, and restart on the keyframe.
+            let in_progress = self.last_written_ts;
+            let finishing = self
+                .replay_queue
+                .iter()
+                .take_while(
+                    |q| matches!(q, Queued::Packet(p, _) if Some(p.timestamp) == in_progress),
+                )
+                .count();
+            self.replay_queue.truncate(finishing);
+            self.replay_queue.push_back(Queued::Restart);
         }
         self.replay_queue
-            .push_back((std::sync::Arc::clone(packet), None));
+            .push_back(Queued::Packet(std::sync::Arc::clone(packet), None));
     }
 
     /// Writes up to `budget` queued packets; returns how many were written.
     pub fn pace_replay(&mut self, budget: usize) -> usize {
         let mut written = 0;
         for _ in 0..budget {
-            let Some((packet, squeeze)) = self.replay_queue.pop_front() else {
-                break;
-            };
-            if self.viewer.write_one(&mut self.rtc, &packet, squeeze) == WriteOutcome::Written {
-                written += 1;
+            match self.replay_queue.pop_front() {
+                None => break,
+                Some(Queued::Restart) => self.viewer.restart_video(),
+                Some(Queued::Packet(packet, squeeze)) => {
+                    if self.viewer.write_one(&mut self.rtc, &packet, squeeze)
+                        == WriteOutcome::Written
+                    {
+                        self.last_written_ts = Some(packet.timestamp);
+                        written += 1;
+                    }
+                }
             }
         }
         written
