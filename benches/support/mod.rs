@@ -117,6 +117,7 @@ impl Subscriber {
             offer,
             &offer_text,
             settings,
+            None,
             now,
         )
         .expect("the server accepts a recvonly audio+video offer");

@@ -143,24 +143,11 @@ pub enum AcceptError {
 }
 
 impl Peer {
-    /// Builds the peer's `Rtc`, accepts the offer and returns the peer with the SDP answer.
-    pub fn accept(
-        key: PeerKey,
-        role: Role,
-        room: RoomId,
-        offer: SdpOffer,
-        offer_text: &str,
-        settings: &PeerSettings,
-        now: Instant,
-    ) -> Result<(Peer, String), AcceptError> {
-        Self::accept_preferring(key, role, room, offer, offer_text, settings, None, now)
-    }
-
-    /// Like [`Peer::accept`], listing `preferred_video` first in the answer: a
-    /// viewer's answer leads with the codec the room's publisher sends, since we
-    /// never transcode.
+    /// Builds the peer's `Rtc`, accepts the offer and returns the peer with the SDP
+    /// answer. `preferred_video` is listed first in the answer: a viewer's answer
+    /// leads with the codec the room's publisher sends, since we never transcode.
     #[allow(clippy::too_many_arguments)]
-    pub fn accept_preferring(
+    pub fn accept(
         key: PeerKey,
         role: Role,
         room: RoomId,

@@ -404,7 +404,7 @@ impl ShardLoop {
         // A panic inside the stack on a strange offer must cost this offer only.
         let settings = &self.settings;
         let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Peer::accept_preferring(
+            Peer::accept(
                 key,
                 role,
                 room.clone(),
