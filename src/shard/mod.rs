@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 use str0m::ice::StunMessage;
 use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
@@ -135,8 +136,8 @@ impl Shard {
                     settings: self.settings,
                     keyframe_request_interval: self.keyframe_request_interval,
                     keyframe_cache_bytes: self.keyframe_cache_bytes,
-                    peers: HashMap::new(),
-                    by_addr: HashMap::new(),
+                    peers: FxHashMap::default(),
+                    by_addr: FxHashMap::default(),
                     by_ufrag: HashMap::new(),
                     timers: Timers::default(),
                     router: Router::new(index, shard_count),
@@ -166,9 +167,9 @@ struct ShardLoop {
     settings: PeerSettings,
     keyframe_request_interval: Duration,
     keyframe_cache_bytes: usize,
-    peers: HashMap<PeerKey, Peer>,
+    peers: FxHashMap<PeerKey, Peer>,
     /// (remote address, local socket index) → peer: one lookup per datagram.
-    by_addr: HashMap<(SocketAddr, usize), PeerKey>,
+    by_addr: FxHashMap<(SocketAddr, usize), PeerKey>,
     /// Our ICE ufrag → peer, for STUN from an address not seen yet.
     by_ufrag: HashMap<String, PeerKey>,
     timers: Timers,
