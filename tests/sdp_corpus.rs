@@ -94,6 +94,16 @@ fn direction(m: &SdpMedia) -> &'static str {
     "sendrecv"
 }
 
+fn offered_codecs(m: &SdpMedia) -> Vec<String> {
+    m.get_attributes_of_type(SdpAttributeType::Rtpmap)
+        .into_iter()
+        .filter_map(|a| match a {
+            SdpAttribute::Rtpmap(r) => Some(r.codec_name.to_ascii_uppercase()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn rids(m: &SdpMedia) -> Vec<String> {
     m.get_attributes_of_type(SdpAttributeType::Rid)
         .into_iter()
@@ -133,6 +143,20 @@ fn check_answer(name: &str, offer: &SdpSession, answer: &SdpSession) {
     let mut accepted = 0;
     for (i, (o, a)) in offer.media.iter().zip(&answer.media).enumerate() {
         assert_eq!(a.get_type(), o.get_type(), "{name}: m-line {i} kind");
+        // Media the client sends in a codec we forward must be taken, also when
+        // offered as `m=... 0` with a=bundle-only (GStreamer, the WHIP RFC).
+        let wanted = matches!(direction(o), "sendonly" | "sendrecv")
+            && (o.get_port() != 0 || o.get_attribute(SdpAttributeType::BundleOnly).is_some())
+            && offered_codecs(o)
+                .iter()
+                .any(|c| FORWARDED.contains(&c.as_str()) && c != "RTX");
+        if wanted {
+            assert_ne!(
+                a.get_port(),
+                0,
+                "{name}: m-line {i} (sent in a codec we forward) was rejected"
+            );
+        }
         assert_eq!(mid(a), mid(o), "{name}: m-line {i} keeps its mid");
         if a.get_port() == 0 {
             continue; // rejected

@@ -80,10 +80,12 @@ impl ShardSockets {
     }
 }
 
-/// The addresses to bind when none are configured: loopback and every interface
-/// address (IPv4, and IPv6 that is not link-local, which would need a scope id).
+/// The addresses to bind when none are configured: every interface address (IPv4,
+/// and IPv6 that is not link-local, which would need a scope id), then loopback.
+/// Loopback goes last because candidates are announced in this order and some
+/// clients (FFmpeg's WHIP muxer) use only the first host candidate of an answer.
 pub fn default_bind_ips() -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    let mut ips: Vec<IpAddr> = Vec::new();
     match if_addrs::get_if_addrs() {
         Ok(ifaces) => {
             for iface in ifaces {
@@ -101,6 +103,7 @@ pub fn default_bind_ips() -> Vec<IpAddr> {
             tracing::warn!(error = %e, "cannot list network interfaces; media on loopback only")
         }
     }
+    ips.push(IpAddr::from([127, 0, 0, 1]));
     ips
 }
 
