@@ -86,6 +86,8 @@ impl Registry {
             }
             if r.publisher.is_none() && r.viewers == 0 {
                 entry.remove();
+                // Nobody watches an empty room's events any more.
+                self.live.remove_if(room, |_, tx| tx.receiver_count() == 0);
             }
         }
         removed
