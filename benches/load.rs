@@ -23,6 +23,9 @@
 //! `cargo test --all-targets` runs this binary without `--bench`: it then runs a
 //! smoke version (2 viewers, a 1 s window) and exits.
 
+#[path = "../tests/support/vp8_tag.rs"]
+mod vp8_tag;
+
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -758,15 +761,7 @@ fn vp8_payload(picture_id: u16, start: bool, keyframe: bool, frame: u32) -> Arc<
     p.push(0x80 | (picture_id >> 8) as u8);
     p.push((picture_id & 0xff) as u8);
     if start {
-        let size: u32 = 100;
-        p.push(u8::from(!keyframe) | 0x10 | (((size & 7) as u8) << 5));
-        p.push(((size >> 3) & 0xff) as u8);
-        p.push(((size >> 11) & 0xff) as u8);
-        if keyframe {
-            p.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-            p.extend_from_slice(&640u16.to_le_bytes());
-            p.extend_from_slice(&360u16.to_le_bytes());
-        }
+        vp8_tag::push_frame_tag(&mut p, keyframe);
     }
     let fill = (frame & 0xff) as u8;
     p.resize(VIDEO_PAYLOAD, fill);

@@ -152,8 +152,7 @@ impl Config {
 
     /// Parses a TOML document; unknown keys and bad values are errors that name the key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(&e)))?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Ok(config)
     }
 
@@ -338,11 +337,6 @@ const ENV_KEYS: &[&str] = &[
     "session.reap_timeout",
     "session.keyframe_request_interval",
 ];
-
-fn describe_toml_error(e: &toml::de::Error) -> String {
-    // toml's message already names the unknown field or the bad value and shows the line.
-    e.to_string()
-}
 
 mod duration_secs {
     use serde::{Deserialize, Deserializer};

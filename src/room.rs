@@ -142,10 +142,6 @@ impl Registry {
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
-
-    pub fn room_count(&self) -> usize {
-        self.rooms.len()
-    }
 }
 
 #[cfg(test)]

@@ -256,8 +256,16 @@ async fn delete_publisher_stops_media() {
         }
 
         assert_eq!(publisher.delete().await.expect("DELETE"), 200);
-        // Grace for packets already on their way.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The server has ended the publisher's session (only the viewers are left)...
+        wait_until(
+            "the publisher's session ended",
+            Duration::from_secs(2),
+            || server.session_count() == 2,
+        )
+        .await
+        .expect("the publisher session ends");
+        // ...and what it had already sent has been read by the viewers' threads.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let counts = |v: &Viewer| (v.count(Kind::Video), v.count(Kind::Audio));
         let before = [counts(&v1), counts(&v2)];
         let sent_before = publisher.sent_count(Kind::Video);

@@ -426,10 +426,6 @@ impl Peer {
         }
         None
     }
-
-    pub fn kinds_received(&self) -> impl Iterator<Item = MediaKind> + '_ {
-        self.viewer.kinds()
-    }
 }
 
 /// The video codecs we forward, in our default order of preference.

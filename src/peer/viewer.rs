@@ -80,10 +80,6 @@ impl ViewerSide {
         !self.slots.is_empty()
     }
 
-    pub fn kinds(&self) -> impl Iterator<Item = MediaKind> + '_ {
-        self.slots.iter().map(|s| s.kind)
-    }
-
     /// Video slots restart on the next keyframe of their source, numbering
     /// continuous, as on a source switch.
     pub fn restart_video(&mut self) {

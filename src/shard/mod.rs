@@ -767,10 +767,12 @@ impl ShardLoop {
     }
 
     fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
-        if self.router.room(room).and_then(|r| r.publisher).is_some() {
-            self.request_keyframe_here(room, now);
-        } else {
-            self.tell_others(|| Command::WantKeyframe { room: room.clone() });
+        match self.router.room(room).and_then(|r| r.publisher_shard) {
+            Some(shard) if shard == self.index => self.request_keyframe_here(room, now),
+            Some(shard) => {
+                self.shards[shard].send(Command::WantKeyframe { room: room.clone() });
+            }
+            None => {} // no publisher: its first keyframe will come anyway
         }
     }
 

@@ -183,17 +183,7 @@ pub fn video_frame(
                 }
             }
             if start {
-                // VP8 frame tag: P bit, version 0, show_frame, first partition size 100.
-                let size: u32 = 100;
-                p.push(u8::from(!keyframe) | 0x10 | (((size & 7) as u8) << 5));
-                p.push(((size >> 3) & 0xff) as u8);
-                p.push(((size >> 11) & 0xff) as u8);
-                if keyframe {
-                    // Start code, 640x360.
-                    p.extend_from_slice(&[0x9d, 0x01, 0x2a]);
-                    p.extend_from_slice(&640u16.to_le_bytes());
-                    p.extend_from_slice(&360u16.to_le_bytes());
-                }
+                super::vp8_tag::push_frame_tag(&mut p, keyframe);
             }
             let body = if keyframe { 900 } else { 600 };
             filler(&id, body, &mut p);

@@ -9,6 +9,7 @@ pub mod http;
 pub mod media;
 pub mod obs;
 pub mod peer;
+pub mod vp8_tag;
 
 use std::future::Future;
 use std::net::SocketAddr;
