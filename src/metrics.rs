@@ -1,7 +1,9 @@
 //! Every Prometheus metric Switchboard exposes, defined in one place.
 //! Counters are lock-free atomics, so shards update them on the packet path.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -12,10 +14,19 @@ pub struct Metrics {
     pub packets_in: IntCounter,
     pub packets_out: IntCounter,
     pub datagrams_sent: IntCounter,
-    pub datagrams_dropped: IntCounter,
+    pub datagrams_dropped: IntCounterVec,
+    pub panics_contained: IntCounterVec,
+    pub shard_restarts: IntCounter,
+    pub inbox_dropped: IntCounterVec,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub first_video_seconds: Histogram,
+    // HTTP serving and the registry (src/http, src/room.rs).
+    pub http_connections_open: IntGauge,
+    pub http_connections_refused: IntCounter,
+    pub http_connection_errors: IntCounterVec,
+    pub session_cap_refusals: IntCounterVec,
+    pub registry_entries: IntGaugeVec,
 }
 
 impl Metrics {
@@ -53,7 +64,50 @@ impl Metrics {
         registry
             .register(Box::new(first_video_seconds.clone()))
             .expect("metric registered once");
+        let http_connections_open = IntGauge::new(
+            "http_connections_open",
+            "HTTP connections open (capped by http.max_connections).",
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(http_connections_open.clone()))
+            .expect("metric registered once");
+        let registry_entries = IntGaugeVec::new(
+            Opts::new(
+                "registry_entries",
+                "Entries in the room registry's tables, by table (updated when scraped).",
+            ),
+            &["table"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(registry_entries.clone()))
+            .expect("metric registered once");
+        let http_connections_refused = counter(
+            "http_connections_refused_total",
+            "HTTP connections answered 503 and closed at once: http.max_connections or \
+             http.max_connections_per_ip reached.",
+        );
+        let http_connection_errors = counter_vec(
+            "http_connection_errors_total",
+            "HTTP connections closed on a client error, by reason: not_http (bytes that cannot \
+             start a request, answered 400), header_timeout (http.header_read_timeout), \
+             malformed (a request hyper could not parse, answered 4xx), incomplete (closed \
+             mid-request).",
+            &["reason"],
+        );
+        let session_cap_refusals = counter_vec(
+            "session_cap_refusals_total",
+            "Offers answered 503 because a session cap was reached, by scope: server \
+             (session.max_sessions) or client (session.max_sessions_per_ip).",
+            &["scope"],
+        );
         Metrics {
+            http_connections_open,
+            http_connections_refused,
+            http_connection_errors,
+            session_cap_refusals,
+            registry_entries,
             first_video_seconds,
             sessions_started: counter_vec(
                 "sessions_started_total",
@@ -80,9 +134,27 @@ impl Metrics {
                 "RTP packets written to viewers.",
             ),
             datagrams_sent: counter("udp_datagrams_sent_total", "UDP datagrams sent."),
-            datagrams_dropped: counter(
+            datagrams_dropped: counter_vec(
                 "udp_datagrams_dropped_total",
-                "UDP datagrams from unknown sources or unparseable, dropped.",
+                "UDP datagrams dropped before reaching a session, by reason (unknown source, \
+                 STUN that names no session or fails its integrity check, not WebRTC, ...).",
+                &["reason"],
+            ),
+            panics_contained: counter_vec(
+                "panics_contained_total",
+                "Panics caught inside a shard, by the step that panicked; each cost at most \
+                 the one session involved.",
+                &["step"],
+            ),
+            shard_restarts: counter(
+                "shard_restarts_total",
+                "Shard loops restarted after a panic outside any session (their sessions ended).",
+            ),
+            inbox_dropped: counter_vec(
+                "shard_inbox_dropped_total",
+                "Commands a full shard inbox did not take: media batches dropped, offers and \
+                 PATCHes refused (answered 503).",
+                &["kind"],
             ),
             send_errors: counter("udp_send_errors_total", "UDP sends that failed."),
             keyframe_requests: counter(

@@ -57,19 +57,25 @@ impl Server {
         } else {
             config.media.bind_ips.clone()
         };
+        let metrics = Arc::new(Metrics::new());
         let shard_count = config.shard_count();
         let mut shards = Vec::with_capacity(shard_count);
         let mut handles = Vec::with_capacity(shard_count);
         let mut media_addrs = Vec::new();
         for index in 0..shard_count {
-            let (shard, handle) = Shard::bind(index, &config, &bind_ips, dtls_cert.clone())
-                .map_err(StartError::Media)?;
+            let (shard, handle) = Shard::bind(
+                index,
+                &config,
+                &bind_ips,
+                dtls_cert.clone(),
+                metrics.clone(),
+            )
+            .map_err(StartError::Media)?;
             media_addrs.extend_from_slice(shard.local_addrs());
             shards.push(shard);
             handles.push(handle);
         }
         let registry = Arc::new(Registry::default());
-        let metrics = Arc::new(Metrics::new());
         let mut threads = Vec::with_capacity(shard_count);
         for shard in shards {
             let thread = shard

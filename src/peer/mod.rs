@@ -3,12 +3,13 @@
 //! forwarded packets into its outgoing streams. A peer lives on exactly one shard
 //! and is only touched there.
 
+mod credentials;
 pub mod offer;
 mod publisher;
 mod viewer;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
@@ -73,6 +74,9 @@ pub enum PeerEvent {
     KeyframeWanted,
     /// The peer closed the connection or its ICE failed for good.
     Gone(&'static str),
+    /// The WebRTC stack (or our code around it) panicked for this session: it
+    /// must end, and the panic is counted.
+    Failed(&'static str),
 }
 
 /// What waits in a viewer's replay queue.
@@ -97,16 +101,15 @@ pub struct Peer {
     pub room: RoomId,
     pub rtc: Rtc,
     pub created: Instant,
-    pub last_received: Instant,
+    /// When this peer last sent something authenticated: a STUN message its
+    /// `Rtc` accepted, a DTLS record from a bound address, or media that
+    /// decrypted. Forged or rejected datagrams never move it.
+    pub last_alive: Instant,
     pub connected: bool,
     pub ice_state: IceConnectionState,
     /// When `rtc` next wants `handle_input(Timeout)`.
     pub next_timeout: Option<Instant>,
-    /// Remote addresses learnt from this peer's STUN checks, with the index of
-    /// the local socket they reached.
-    pub remote_addrs: Vec<(SocketAddr, usize)>,
-    /// Our ICE username fragment, by which the shard finds this peer for STUN
-    /// from an address it does not know yet.
+    /// Our ICE username fragment, by which the shard routes STUN requests.
     pub ufrag: String,
     /// Waiting in the shard's list of peers to drain.
     pub queued: bool,
@@ -116,6 +119,9 @@ pub struct Peer {
     pub remote_ufrag: String,
     /// Set when the WebRTC stack panicked: the session is ended at once.
     failed: Option<&'static str>,
+    /// Test builds: the next forwarded packet panics inside the write path.
+    #[cfg(feature = "fault-injection")]
+    pub panic_on_write: bool,
     /// Live video waits while the keyframe cache is on its way from another shard
     /// (the cache covers it).
     pub awaiting_replay: bool,
@@ -161,7 +167,10 @@ impl Peer {
         if let Some(why) = offer::nothing_usable(&offered, role == Role::Publisher) {
             return Err(AcceptError::Unusable(why));
         }
-        let mut rtc = rtc_config(settings, preferred_video).build(now);
+        let credentials = credentials::random_ice_credentials();
+        let mut rtc = rtc_config(settings, preferred_video)
+            .set_local_ice_credentials(credentials.clone())
+            .build(now);
         for candidate in &settings.local_candidates {
             rtc.add_local_candidate(candidate.clone());
         }
@@ -176,15 +185,16 @@ impl Peer {
             room,
             rtc,
             created: now,
-            last_received: now,
+            last_alive: now,
             connected: false,
             ice_state: IceConnectionState::New,
             next_timeout: None,
-            remote_addrs: Vec::new(),
-            ufrag: String::new(),
+            ufrag: credentials.ufrag,
             queued: false,
             keyframe_asked: None,
             failed: None,
+            #[cfg(feature = "fault-injection")]
+            panic_on_write: false,
             remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
             awaiting_replay: false,
             replay_queue: std::collections::VecDeque::new(),
@@ -212,57 +222,120 @@ impl Peer {
                 offer::FORWARDED_CODECS.join(", ")
             )));
         }
-        peer.ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
         Ok((peer, answer.to_sdp_string()))
     }
 
     /// An ICE restart asked by the client (WHIP/WHEP PATCH with new credentials):
     /// the session is renegotiated as if the client had sent its offer again with
-    /// them. Returns our new credentials and candidates as an SDP fragment.
-    pub fn ice_restart(&mut self, ufrag: &str, pwd: &str) -> Result<String, AcceptError> {
+    /// them, and gets new local credentials of ours. Returns those and our
+    /// candidates as an SDP fragment.
+    pub fn ice_restart(
+        &mut self,
+        ufrag: &str,
+        pwd: &str,
+        candidates: &[Candidate],
+    ) -> Result<String, AcceptError> {
         let text = offer::with_credentials(&self.offer_text, ufrag, pwd);
         let offer = SdpOffer::from_sdp_string(&text)
             .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
-        let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| AcceptError::Negotiation(e.to_string()))?;
+        let accepted = self.guard("ICE restart", |peer| {
+            peer.rtc.sdp_api().accept_offer(offer)?;
+            // str0m picked new local credentials with its own generator: ours
+            // replace them before any check can use them.
+            let credentials = credentials::random_ice_credentials();
+            peer.rtc
+                .direct_api()
+                .set_local_ice_credentials(credentials.clone());
+            Ok::<_, str0m::RtcError>(credentials)
+        });
+        let credentials = match accepted {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(AcceptError::Negotiation(e.to_string())),
+            None => {
+                return Err(AcceptError::Negotiation(
+                    "the server could not restart ICE (internal error, logged)".into(),
+                ))
+            }
+        };
         self.offer_text = text;
         self.remote_ufrag = ufrag.to_string();
-        self.ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
-        let answer = answer.to_sdp_string();
-        let mut frag = String::new();
-        let mut seen = std::collections::HashSet::new();
-        for line in answer.lines().map(str::trim_end) {
-            let keep = line.starts_with("a=ice-ufrag:")
-                || line.starts_with("a=ice-pwd:")
-                || line.starts_with("a=candidate:")
-                || line == "a=end-of-candidates";
-            if keep && seen.insert(line.to_string()) {
-                frag.push_str(line);
-                frag.push_str("\r\n");
-            }
+        self.ufrag = credentials.ufrag.clone();
+        let mut frag = format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\n",
+            credentials.ufrag, credentials.pass
+        );
+        for candidate in candidates {
+            frag.push_str(&format!("a={}\r\n", candidate.to_sdp_string()));
         }
+        frag.push_str("a=end-of-candidates\r\n");
         Ok(frag)
     }
 
-    pub fn handle_input(&mut self, input: Input) {
-        if let Input::Receive(at, _) = &input {
-            self.last_received = *at;
-        }
-        // A panic inside the stack must cost this one session, not the shard.
-        let rtc = &mut self.rtc;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.handle_input(input))) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(peer = %self.key, error = %e, "input refused"),
-            Err(_) => self.fail("the WebRTC stack panicked on input"),
+    /// Runs `f` on this peer; a panic inside it fails the session (it is ended
+    /// on the next drain) instead of unwinding into the shard.
+    fn guard<R>(&mut self, what: &'static str, f: impl FnOnce(&mut Self) -> R) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut *self))) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                self.fail(what, panic_message(payload.as_ref()));
+                None
+            }
         }
     }
 
-    fn fail(&mut self, why: &'static str) {
-        tracing::error!(peer = %self.key, why, "session failed");
-        self.failed = Some(why);
+    /// Whether the `Rtc` takes this datagram: for STUN, the USERNAME names this
+    /// session and the MESSAGE-INTEGRITY is valid (or the response answers one
+    /// of its checks). Nothing is handed in.
+    pub fn accepts(&mut self, input: &Input) -> bool {
+        self.guard("STUN check", |peer| peer.rtc.accepts(input))
+            .unwrap_or(false)
+    }
+
+    /// The peer proved it is there (authenticated traffic): it is not reaped.
+    pub fn note_alive(&mut self, now: Instant) {
+        if now > self.last_alive {
+            self.last_alive = now;
+        }
+    }
+
+    /// Adds candidates trickled by the client.
+    pub fn add_remote_candidates(&mut self, candidates: Vec<Candidate>) {
+        self.guard("trickled candidate", |peer| {
+            for c in candidates {
+                peer.rtc.add_remote_candidate(c);
+            }
+        });
+    }
+
+    /// Starts closing the connection (RTCP BYE, DTLS close_notify).
+    pub fn disconnect(&mut self) {
+        self.guard("disconnect", |peer| peer.rtc.disconnect());
+    }
+
+    pub fn handle_input(&mut self, input: Input) {
+        // A panic inside the stack must cost this one session, not the shard.
+        if let Some(Err(e)) = self.guard("input", |peer| peer.rtc.handle_input(input)) {
+            tracing::debug!(peer = %self.key, error = %e, "input refused");
+        }
+    }
+
+    /// Whether a panic was contained for this session (it ends on its next drain).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Marks the session failed after a panic in `what`; it is ended on the
+    /// next drain.
+    fn fail(&mut self, what: &'static str, message: String) {
+        tracing::error!(
+            session = %self.key,
+            room = %self.room,
+            role = self.role.as_str(),
+            step = what,
+            panic = %message,
+            "panic contained: the session will end"
+        );
+        self.failed = Some("internal error (a panic was contained; logged)");
     }
 
     /// Drives the `Rtc` until it has nothing more to say: datagrams go to
@@ -271,7 +344,7 @@ impl Peer {
         loop {
             if let Some(why) = self.failed {
                 self.next_timeout = None;
-                events.push(PeerEvent::Gone(why));
+                events.push(PeerEvent::Failed(why));
                 return;
             }
             if !self.rtc.is_alive() {
@@ -279,16 +352,10 @@ impl Peer {
                 events.push(PeerEvent::Gone("connection closed"));
                 return;
             }
-            let rtc = &mut self.rtc;
-            let polled =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rtc.poll_output()));
-            let output = match polled {
-                Err(_) => {
-                    self.fail("the WebRTC stack panicked on output");
-                    continue;
-                }
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => {
+            let output = match self.guard("output", |peer| peer.rtc.poll_output()) {
+                None => continue, // failed: reported at the top of the loop
+                Some(Ok(o)) => o,
+                Some(Err(e)) => {
                     tracing::debug!(peer = %self.key, error = %e, "poll_output failed");
                     self.rtc.disconnect();
                     continue;
@@ -316,6 +383,8 @@ impl Peer {
                 tracing::debug!(peer = %self.key, ?state, "ICE state");
             }
             Event::RtpPacket(packet) if self.role == Role::Publisher => {
+                // It decrypted: the publisher is there.
+                self.note_alive(packet.timestamp);
                 if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
                     events.push(PeerEvent::Media(media));
                 }
@@ -331,13 +400,32 @@ impl Peer {
     /// Asks the publisher for a keyframe on its video tracks, at most once per
     /// `interval` per track.
     pub fn request_keyframe(&mut self, now: Instant, interval: Duration) -> bool {
-        self.publisher
-            .request_keyframe(&mut self.rtc, now, interval, KeyframeRequestKind::Pli)
+        self.guard("keyframe request", |peer| {
+            peer.publisher
+                .request_keyframe(&mut peer.rtc, now, interval, KeyframeRequestKind::Pli)
+        })
+        .unwrap_or(false)
     }
 
     /// Writes a forwarded packet into this viewer's outgoing stream.
     pub fn write(&mut self, packet: &MediaPacket) -> WriteOutcome {
-        self.viewer.write(&mut self.rtc, packet)
+        self.write_guarded(packet, None)
+    }
+
+    /// Writes one packet (a replayed one with its `squeeze`); a panic in the
+    /// rewrite or in str0m's `write_rtp` fails this viewer only.
+    fn write_guarded(&mut self, packet: &MediaPacket, squeeze: Option<Squeeze>) -> WriteOutcome {
+        if self.failed.is_some() {
+            return WriteOutcome::Skipped;
+        }
+        self.guard("write", |peer| {
+            #[cfg(feature = "fault-injection")]
+            if std::mem::take(&mut peer.panic_on_write) {
+                panic!("injected fault: panic in the write path");
+            }
+            peer.viewer.write_one(&mut peer.rtc, packet, squeeze)
+        })
+        .unwrap_or(WriteOutcome::Skipped)
     }
 
     /// Queues the keyframe cache for a viewer that just connected; it goes out
@@ -386,9 +474,7 @@ impl Peer {
                 None => break,
                 Some(Queued::Restart) => self.viewer.restart_video(),
                 Some(Queued::Packet(packet, squeeze)) => {
-                    if self.viewer.write_one(&mut self.rtc, &packet, squeeze)
-                        == WriteOutcome::Written
-                    {
+                    if self.write_guarded(&packet, squeeze) == WriteOutcome::Written {
                         self.last_written_ts = Some(packet.timestamp);
                         written += 1;
                     }
@@ -416,15 +502,26 @@ impl Peer {
         if !self.connected && now.saturating_duration_since(self.created) > timeout {
             return Some("ICE/DTLS did not connect in time");
         }
-        if now.saturating_duration_since(self.last_received) > timeout {
-            return Some("nothing received from the client");
+        if now.saturating_duration_since(self.last_alive) > timeout {
+            return Some("nothing authenticated received from the client");
         }
         if matches!(self.ice_state, IceConnectionState::Disconnected)
-            && now.saturating_duration_since(self.last_received) > timeout / 2
+            && now.saturating_duration_since(self.last_alive) > timeout / 2
         {
             return Some("ICE disconnected");
         }
         None
+    }
+}
+
+/// The text of a caught panic, for the log.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
     }
 }
 

@@ -99,10 +99,6 @@ impl ViewerSide {
         }
     }
 
-    pub fn write(&mut self, rtc: &mut Rtc, packet: &MediaPacket) -> WriteOutcome {
-        self.write_one(rtc, packet, None)
-    }
-
     /// Writes a packet, its timestamp moved by `squeeze` (a replayed one).
     pub fn write_one(
         &mut self,

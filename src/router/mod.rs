@@ -59,12 +59,21 @@ pub struct LocalRoom {
     pub viewers: Vec<PeerKey>,
     /// The room's publisher, if its `Rtc` lives on this shard.
     pub publisher: Option<PeerKey>,
-    /// The shard the room's publisher lives on, wherever that is.
-    pub publisher_shard: Option<usize>,
+    /// The room's publishers as shards announced them, keyed by session, oldest
+    /// first. Keyed so that a late or crossing `PublisherLeft` of an old session
+    /// can never clear the routing of a newer, live one.
+    publishers: Vec<(PeerKey, usize)>,
     /// Number of the room's viewers on each shard (index = shard), this one included.
     viewers_per_shard: Vec<u32>,
     /// Keyframe caches of the local publisher's video streams, by source.
     gops: Vec<(u64, u8, GopCache)>,
+}
+
+impl LocalRoom {
+    /// The shard the room's current publisher lives on, wherever that is.
+    pub fn publisher_shard(&self) -> Option<usize> {
+        self.publishers.last().map(|(_, shard)| *shard)
+    }
 }
 
 #[derive(Debug)]
@@ -106,19 +115,36 @@ impl Router {
         self.forget_if_empty(room);
     }
 
-    pub fn set_local_publisher(&mut self, room: &RoomId, peer: Option<PeerKey>) {
-        let shard = self.shard;
+    /// `peer`, on this shard, now publishes to `room`.
+    pub fn add_local_publisher(&mut self, room: &RoomId, peer: PeerKey) {
         let r = self.room_mut(room);
-        r.publisher = peer;
-        r.publisher_shard = peer.map(|_| shard);
+        r.publisher = Some(peer);
         r.gops.clear();
-        self.forget_if_empty(room);
+        self.publisher_at(room, peer, self.shard);
     }
 
-    /// Where `room`'s publisher lives (told by every shard that gets one).
-    pub fn set_publisher_shard(&mut self, room: &RoomId, shard: Option<usize>) {
-        self.room_mut(room).publisher_shard = shard;
+    /// `room`'s publisher `peer` lives on `shard` (told by every shard that gets one).
+    pub fn publisher_at(&mut self, room: &RoomId, peer: PeerKey, shard: usize) {
+        let r = self.room_mut(room);
+        r.publishers.retain(|(p, _)| *p != peer);
+        r.publishers.push((peer, shard));
+    }
+
+    /// Publisher `peer` left `room`. Returns whether it was the room's current
+    /// publisher (its viewers must then wait for the next one); a stale message
+    /// about an older session changes nothing.
+    pub fn publisher_left(&mut self, room: &RoomId, peer: PeerKey) -> bool {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let was_current = r.publishers.last().map(|(p, _)| *p) == Some(peer);
+        r.publishers.retain(|(p, _)| *p != peer);
+        if r.publisher == Some(peer) {
+            r.publisher = None;
+            r.gops.clear();
+        }
         self.forget_if_empty(room);
+        was_current
     }
 
     /// Keeps a local publisher's video packet for viewers who join later.
@@ -188,7 +214,7 @@ impl Router {
         let empty = self.rooms.get(room).is_some_and(|r| {
             r.viewers.is_empty()
                 && r.publisher.is_none()
-                && r.publisher_shard.is_none()
+                && r.publishers.is_empty()
                 && r.viewers_per_shard.iter().all(|c| *c == 0)
         });
         if empty {
@@ -209,7 +235,7 @@ mod tests {
     fn packets_cross_only_to_shards_with_viewers() {
         let room: RoomId = "r".into();
         let mut router = Router::new(0, 3);
-        router.set_local_publisher(&room, Some(PeerKey(1)));
+        router.add_local_publisher(&room, PeerKey(1));
         assert_eq!(router.remote_shards("r").count(), 0);
         router.count_viewer(&room, 2, true);
         router.count_viewer(&room, 0, true);
@@ -222,10 +248,26 @@ mod tests {
     fn a_remote_publisher_keeps_the_room_known() {
         let room: RoomId = "r".into();
         let mut router = Router::new(1, 2);
-        router.set_publisher_shard(&room, Some(0));
-        assert_eq!(router.room("r").and_then(|r| r.publisher_shard), Some(0));
-        router.set_publisher_shard(&room, None);
+        router.publisher_at(&room, PeerKey(5), 0);
+        assert_eq!(router.room("r").and_then(|r| r.publisher_shard()), Some(0));
+        assert!(router.publisher_left(&room, PeerKey(5)));
         assert_eq!(router.room_count(), 0);
+    }
+
+    #[test]
+    fn a_stale_publisher_left_never_clears_a_newer_publisher() {
+        let room: RoomId = "r".into();
+        let mut router = Router::new(1, 2);
+        // The old session's PublisherAt arrives after the new one's (commands
+        // crossing between shards), then the old one leaves.
+        router.publisher_at(&room, PeerKey(9), 0);
+        router.add_local_publisher(&room, PeerKey(7));
+        router.publisher_at(&room, PeerKey(3), 0);
+        assert!(!router.publisher_left(&room, PeerKey(9)));
+        assert!(router.publisher_left(&room, PeerKey(3)));
+        let r = router.room("r").expect("room still known");
+        assert_eq!(r.publisher, Some(PeerKey(7)));
+        assert_eq!(r.publisher_shard(), Some(1));
     }
 
     #[test]

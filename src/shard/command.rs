@@ -41,9 +41,10 @@ pub enum Command {
     WantKeyframe {
         room: RoomId,
     },
-    /// `room`'s publisher now lives on `shard`.
+    /// `room`'s publisher `key` now lives on `shard`.
     PublisherAt {
         room: RoomId,
+        key: PeerKey,
         shard: usize,
     },
     /// To the publisher's shard: send `viewer` (on `shard`) the keyframe cache.
@@ -57,11 +58,72 @@ pub enum Command {
         viewer: PeerKey,
         packets: Vec<Arc<MediaPacket>>,
     },
-    /// `room`'s publisher left: viewers wait for the next one.
+    /// `room`'s publisher `key` left: if it was the current one, viewers wait
+    /// for the next one.
     PublisherLeft {
         room: RoomId,
+        key: PeerKey,
     },
+    /// Answered at once: the shard's loop is turning (readiness).
+    Ping(oneshot::Sender<()>),
+    /// Test builds only: make the shard panic in a chosen place.
+    #[cfg(feature = "fault-injection")]
+    Fault(Fault),
     Shutdown,
+}
+
+impl Command {
+    /// The session a command is about, to which a panic while handling it is
+    /// charged.
+    pub fn session(&self) -> Option<PeerKey> {
+        match self {
+            Command::Accept(request) => Some(request.key),
+            Command::Patch { key, .. } | Command::End { key, .. } => Some(*key),
+            Command::WantReplay { viewer, .. } | Command::Replay { viewer, .. } => Some(*viewer),
+            #[cfg(feature = "fault-injection")]
+            Command::Fault(Fault::PanicInCommand(key)) => Some(*key),
+            _ => None,
+        }
+    }
+
+    /// What the inbox may do with it when it is full (see `handle.rs`).
+    pub fn class(&self) -> CommandClass {
+        match self {
+            Command::Media(_) => CommandClass::Media,
+            Command::Accept(_) | Command::Patch { .. } => CommandClass::Request,
+            _ => CommandClass::Control,
+        }
+    }
+}
+
+/// How a full inbox treats a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandClass {
+    /// Packets from another shard: dropped when the inbox is full (the
+    /// viewers' NACKs and keyframe requests repair the loss).
+    Media,
+    /// A new offer or a PATCH from HTTP: refused when the inbox is full (the
+    /// client is answered 503 and may retry).
+    Request,
+    /// Everything else (session ends, membership and publisher changes between
+    /// shards, replays): never dropped. Each is caused by a session that exists
+    /// or by one of its bounded, rate-limited requests, so their number is
+    /// bounded by the session caps.
+    Control,
+}
+
+/// Test builds only: where to make the shard panic.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// While handling this command, charged to `PeerKey`'s session.
+    PanicInCommand(PeerKey),
+    /// Inside the WebRTC write path of this viewer, on its next forwarded packet.
+    PanicOnWrite(PeerKey),
+    /// Outside any session's step: the shard's loop itself restarts.
+    PanicInLoop,
+    /// The shard's thread stops as if it could not recover.
+    KillThread,
 }
 
 /// What a PATCH did.

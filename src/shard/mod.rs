@@ -5,34 +5,50 @@
 //! with viewers), and the viewers' datagrams are sent.
 //!
 //! Other threads talk to a shard through [`ShardHandle`]: a channel plus a waker.
+//!
+//! No input may stop a shard. Every per-datagram, per-command and per-timer step
+//! runs contained ([`ShardLoop::guarded`]): a panic costs the session the step was
+//! about (ended, freed, logged and counted), and a panic outside any session
+//! restarts the loop in place, ending only this shard's sessions. If the thread
+//! ends anyway, its [`ShardHandle::is_alive`] turns false: `/readyz` says not
+//! ready and the `switchboard` binary exits non-zero for its supervisor.
 
 mod command;
+pub mod demux;
+mod handle;
 mod socket;
 mod timers;
 
-use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustc_hash::FxHashMap;
-use str0m::ice::StunMessage;
 use str0m::media::MediaKind;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input};
 
-pub use command::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
+#[cfg(feature = "fault-injection")]
+pub use command::Fault;
+pub use command::{AcceptRequest, Command, CommandClass, PatchOutcome, DELETED_BY_CLIENT};
+use demux::{Demux, DropReason, Route};
+use handle::{AliveGuard, Shared};
+pub use handle::{ShardHandle, MEDIA_LIMIT, REQUEST_LIMIT};
 pub use socket::default_bind_ips;
 use socket::{SendBatch, ShardSockets};
 use timers::Timers;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::peer::{AcceptError, Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome};
+use crate::peer::{
+    panic_message, AcceptError, Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome,
+};
 use crate::room::Registry;
 use crate::router::{MediaPacket, RoomId, Router};
 
@@ -46,24 +62,11 @@ const REPLAY_FIRST_BURST: usize = 48;
 const REPLAY_PACKETS_PER_SECOND: f64 = 4000.0;
 /// How often the loop wakes while a replay is going out.
 const REPLAY_TICK: Duration = Duration::from_millis(2);
-
-/// How other threads reach a shard.
-#[derive(Clone)]
-pub struct ShardHandle {
-    tx: Sender<Command>,
-    waker: Arc<Waker>,
-}
-
-impl ShardHandle {
-    /// Queues a command and wakes the shard. False if the shard has stopped.
-    pub fn send(&self, command: Command) -> bool {
-        let sent = self.tx.send(command).is_ok();
-        if let Err(e) = self.waker.wake() {
-            tracing::warn!(error = %e, "cannot wake shard");
-        }
-        sent
-    }
-}
+/// Datagrams read from one socket per loop turn: a flood on one port cannot
+/// starve commands, timers and the other sockets.
+const READ_BUDGET: usize = 256;
+/// Commands handled per loop turn, for the same reason.
+const COMMAND_BUDGET: usize = 1024;
 
 /// A shard built and bound but not yet running.
 pub struct Shard {
@@ -71,6 +74,7 @@ pub struct Shard {
     poll: Poll,
     sockets: ShardSockets,
     rx: Receiver<Command>,
+    shared: Arc<Shared>,
     settings: PeerSettings,
     keyframe_request_interval: Duration,
     keyframe_cache_bytes: usize,
@@ -83,6 +87,7 @@ impl Shard {
         config: &Config,
         bind_ips: &[std::net::IpAddr],
         dtls_cert: str0m::config::DtlsCert,
+        metrics: Arc<Metrics>,
     ) -> io::Result<(Shard, ShardHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -91,7 +96,10 @@ impl Shard {
             poll.registry()
                 .register(socket, Token(i), Interest::READABLE)?;
         }
+        // Unbounded as a channel; bounded by what each command may do when it is
+        // full (handle.rs).
         let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::new());
         let settings = PeerSettings {
             dtls_cert,
             local_candidates: sockets.candidates(&config.media.public_ips),
@@ -102,11 +110,18 @@ impl Shard {
             poll,
             sockets,
             rx,
+            shared: shared.clone(),
             settings,
             keyframe_request_interval: config.session.keyframe_request_interval,
             keyframe_cache_bytes: config.media.keyframe_cache_bytes,
         };
-        Ok((shard, ShardHandle { tx, waker }))
+        let handle = ShardHandle {
+            tx,
+            waker,
+            shared,
+            metrics,
+        };
+        Ok((shard, handle))
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -125,11 +140,14 @@ impl Shard {
         std::thread::Builder::new()
             .name(format!("shard-{index}"))
             .spawn(move || {
+                let _alive = AliveGuard(self.shared.clone());
+                let socket_count = self.sockets.sockets.len();
                 let mut state = ShardLoop {
                     index,
                     poll: self.poll,
                     sockets: self.sockets,
                     rx: self.rx,
+                    shared: self.shared,
                     shards,
                     registry,
                     metrics,
@@ -137,8 +155,8 @@ impl Shard {
                     keyframe_request_interval: self.keyframe_request_interval,
                     keyframe_cache_bytes: self.keyframe_cache_bytes,
                     peers: FxHashMap::default(),
-                    by_addr: FxHashMap::default(),
-                    by_ufrag: HashMap::new(),
+                    demux: Demux::default(),
+                    unread: vec![false; socket_count],
                     timers: Timers::default(),
                     router: Router::new(index, shard_count),
                     queue: Vec::new(),
@@ -150,8 +168,11 @@ impl Shard {
                     last_pace: Instant::now(),
                     sends: SendBatch::new(),
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+                    dying: false,
+                    #[cfg(feature = "fault-injection")]
+                    pending_fault: None,
                 };
-                state.run();
+                state.supervise();
             })
     }
 }
@@ -161,6 +182,7 @@ struct ShardLoop {
     poll: Poll,
     sockets: ShardSockets,
     rx: Receiver<Command>,
+    shared: Arc<Shared>,
     shards: Vec<ShardHandle>,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -168,10 +190,10 @@ struct ShardLoop {
     keyframe_request_interval: Duration,
     keyframe_cache_bytes: usize,
     peers: FxHashMap<PeerKey, Peer>,
-    /// (remote address, local socket index) → peer: one lookup per datagram.
-    by_addr: FxHashMap<(SocketAddr, usize), PeerKey>,
-    /// Our ICE ufrag → peer, for STUN from an address not seen yet.
-    by_ufrag: HashMap<String, PeerKey>,
+    /// Which peer a datagram belongs to: by bound address, or STUN by ufrag.
+    demux: Demux,
+    /// Sockets that still had datagrams when their read budget ran out.
+    unread: Vec<bool>,
     timers: Timers,
     router: Router,
     /// Peers that received input or media and must be drained.
@@ -187,9 +209,47 @@ struct ShardLoop {
     /// Datagrams to send at the end of this loop turn.
     sends: SendBatch,
     next_housekeeping: Instant,
+    /// Set when the loop must not restart after its next panic (test builds).
+    dying: bool,
+    #[cfg(feature = "fault-injection")]
+    pending_fault: Option<Fault>,
 }
 
 impl ShardLoop {
+    /// Runs the loop until shutdown. A panic that escapes every step's own
+    /// containment restarts the loop in place: this shard's sessions are ended
+    /// (their clients see DELETE answered and viewers' events say inactive), its
+    /// sockets and inbox are kept. If even that fails, the thread ends and the
+    /// process notices (`ShardHandle::is_alive`).
+    fn supervise(&mut self) {
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run())) {
+                Ok(()) => break,
+                Err(payload) => {
+                    self.metrics.shard_restarts.inc();
+                    tracing::error!(
+                        shard = self.index,
+                        panic = %panic_message(payload.as_ref()),
+                        sessions = self.peers.len(),
+                        "shard loop panicked outside any session: restarting it, its sessions end"
+                    );
+                    if self.dying || catch_unwind(AssertUnwindSafe(|| self.restart())).is_err() {
+                        tracing::error!(shard = self.index, "shard could not restart: it stops");
+                        return;
+                    }
+                }
+            }
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.guarded("shutdown", Some(key), |s| {
+                s.end_peer(key, "server shutting down");
+            });
+        }
+        tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Returns when the shard is told to stop.
     fn run(&mut self) {
         let mut events = Events::with_capacity(64);
         tracing::debug!(shard = self.index, addrs = ?self.sockets.local_addrs, "shard running");
@@ -204,6 +264,9 @@ impl ShardLoop {
             if !self.replaying.is_empty() {
                 wake_at = wake_at.min(now + REPLAY_TICK);
             }
+            if self.unread.contains(&true) || !self.rx.is_empty() {
+                wake_at = now; // work left from the last turn's budgets
+            }
             let timeout = wake_at.saturating_duration_since(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -211,16 +274,23 @@ impl ShardLoop {
                 }
             }
             for event in events.iter() {
-                if event.token() != WAKER {
-                    self.read_socket(event.token().0);
+                if let Some(unread) = self.unread.get_mut(event.token().0) {
+                    *unread = true;
+                }
+            }
+            for socket_index in 0..self.unread.len() {
+                if self.unread[socket_index] {
+                    self.unread[socket_index] = self.read_socket(socket_index);
                 }
             }
             if !self.handle_commands() {
-                break;
+                return;
             }
+            #[cfg(feature = "fault-injection")]
+            self.raise_pending_fault();
             let now = Instant::now();
             self.run_timers(now);
-            self.pace_replays(now);
+            self.guarded("replay", None, |s| s.pace_replays(now));
             self.drain_queue();
             self.flush_outbox();
             if now >= self.next_housekeeping {
@@ -228,135 +298,291 @@ impl ShardLoop {
                 self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             }
         }
+    }
+
+    /// Ends every session of this shard and forgets all routing state, keeping
+    /// the sockets and the inbox: the loop starts again clean.
+    fn restart(&mut self) {
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
-            self.end_peer(key, "server shutting down");
+            self.abandon(key, "the media shard restarted after an internal error");
         }
-        tracing::debug!(shard = self.index, "shard stopped");
+        self.demux.clear();
+        self.router = Router::new(self.index, self.shards.len());
+        self.timers = Timers::default();
+        self.queue.clear();
+        self.events.clear();
+        self.due.clear();
+        self.replaying.clear();
+        for batch in &mut self.outbox {
+            batch.clear();
+        }
+        self.sends = SendBatch::new();
+    }
+
+    /// Runs one step of the loop. A panic inside it is contained: logged,
+    /// counted, and charged to `session` (ended and freed), if it concerns one.
+    fn guarded<R>(
+        &mut self,
+        step: &'static str,
+        session: Option<PeerKey>,
+        f: impl FnOnce(&mut Self) -> R,
+    ) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut *self))) {
+            Ok(r) => Some(r),
+            Err(payload) => {
+                self.metrics
+                    .panics_contained
+                    .with_label_values(&[step])
+                    .inc();
+                let message = panic_message(payload.as_ref());
+                match session {
+                    Some(key) => {
+                        let room = self.peers.get(&key).map(|p| p.room.to_string());
+                        tracing::error!(
+                            shard = self.index,
+                            session = %key,
+                            room = room.as_deref().unwrap_or("-"),
+                            step,
+                            panic = %message,
+                            "panic contained: ending the session"
+                        );
+                        self.abandon(key, "internal error (a panic was contained; logged)");
+                    }
+                    None => tracing::error!(
+                        shard = self.index,
+                        step,
+                        panic = %message,
+                        "panic contained"
+                    ),
+                }
+                None
+            }
+        }
+    }
+
+    /// Ends a session after a panic. If ending it normally panics too, it is
+    /// dropped from every table by force.
+    fn abandon(&mut self, key: PeerKey, reason: &'static str) {
+        if catch_unwind(AssertUnwindSafe(|| self.end_peer(key, reason))).is_ok() {
+            return;
+        }
+        tracing::error!(shard = self.index, session = %key, "ending the session panicked: removing it by force");
+        let peer = self.peers.remove(&key);
+        self.demux.remove_session(key);
+        self.queue.retain(|k| *k != key);
+        self.replaying.retain(|k| *k != key);
+        if let Some(peer) = peer {
+            self.registry.remove_session(key, &peer.room, peer.role);
+            self.registry.remember_ended(key, &peer.room, peer.role);
+            // Leaking is safer than running a drop that may panic again.
+            std::mem::forget(peer);
+        }
     }
 
     // ---- network input -------------------------------------------------------
 
-    fn read_socket(&mut self, socket_index: usize) {
+    /// Reads up to [`READ_BUDGET`] datagrams; true if the socket may have more.
+    fn read_socket(&mut self, socket_index: usize) -> bool {
         let mut errors = 0;
-        loop {
+        for _ in 0..READ_BUDGET {
             let Some(socket) = self.sockets.sockets.get(socket_index) else {
-                return;
+                return false;
             };
             match socket.recv_from(&mut self.buf) {
-                Ok((len, source)) => self.on_datagram(socket_index, source, len),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Ok((len, source)) => {
+                    self.guarded("datagram", None, |s| {
+                        s.on_datagram(socket_index, source, len)
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not fatal.
                     errors += 1;
                     tracing::trace!(error = %e, "recv error");
                     if errors > 64 {
-                        return;
+                        return true;
                     }
                 }
             }
         }
+        true
     }
 
     fn on_datagram(&mut self, socket_index: usize, source: SocketAddr, len: usize) {
+        let data = &self.buf[..len];
+        let path = (source, socket_index);
+        let (key, stun) = match self.demux.route(data, path) {
+            Route::Stun(key) => (key, true),
+            Route::Bound(key) => (key, false),
+            Route::Drop(reason) => return self.dropped(reason),
+        };
+        let kind = demux::kind_of(data);
+        self.guarded("datagram", Some(key), |s| {
+            s.on_session_datagram(key, socket_index, source, len, stun, kind)
+        });
+    }
+
+    fn on_session_datagram(
+        &mut self,
+        key: PeerKey,
+        socket_index: usize,
+        source: SocketAddr,
+        len: usize,
+        stun: bool,
+        kind: demux::Kind,
+    ) {
         let now = Instant::now();
         let data = &self.buf[..len];
-        let known = self.by_addr.get(&(source, socket_index)).copied();
-        let key = match known {
-            Some(key) => key,
-            None => match stun_target(data).and_then(|ufrag| self.by_ufrag.get(ufrag)) {
-                Some(key) => *key,
-                None => {
-                    self.metrics.datagrams_dropped.inc();
-                    return;
-                }
-            },
-        };
         let Some(peer) = self.peers.get_mut(&key) else {
-            return;
+            return self.dropped(DropReason::UnknownSource);
         };
         let Ok(contents) = data.try_into() else {
-            self.metrics.datagrams_dropped.inc();
-            return;
+            return self.dropped(if stun {
+                DropReason::MalformedStun
+            } else {
+                DropReason::NotWebRtc
+            });
         };
-        let destination = self.sockets.local_addrs[socket_index];
-        peer.handle_input(Input::Receive(
+        let input = Input::Receive(
             now,
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination,
+                destination: self.sockets.local_addrs[socket_index],
                 contents,
             },
-        ));
-        if known.is_none() {
-            // Learn the address from its (ufrag-matched) check; str0m verifies the
-            // message integrity before it uses the address.
-            self.by_addr.insert((source, socket_index), key);
-            peer.remote_addrs.push((source, socket_index));
+        );
+        if stun {
+            // str0m checks the USERNAME, the MESSAGE-INTEGRITY (or, for a
+            // response, that it answers one of its checks): only then does the
+            // message count, and its address become this session's.
+            if !peer.accepts(&input) {
+                return self.dropped(DropReason::StunRejected);
+            }
+            peer.note_alive(now);
+            if self.demux.bind(key, (source, socket_index)) {
+                tracing::debug!(session = %key, %source, "address bound");
+            }
+        } else if kind == demux::Kind::Dtls {
+            peer.note_alive(now);
         }
+        peer.handle_input(input);
         // str0m holds one received RTP packet until the next poll: drain now,
         // before the next datagram for this peer is handed in.
         self.drain_peer(key);
     }
 
+    fn dropped(&self, reason: DropReason) {
+        self.metrics
+            .datagrams_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
     // ---- commands from HTTP and other shards ---------------------------------
 
-    /// Returns false when the shard must stop.
+    /// Handles up to [`COMMAND_BUDGET`] commands. Returns false when the shard
+    /// must stop.
     fn handle_commands(&mut self) -> bool {
-        while let Ok(command) = self.rx.try_recv() {
-            match command {
-                Command::Accept(request) => self.accept(*request),
-                Command::Patch {
-                    key,
-                    credentials,
-                    candidates,
-                    reply,
-                } => {
-                    let outcome = self.patch(key, credentials, candidates);
-                    let _ = reply.send(outcome);
-                }
-                Command::End { key, reason, reply } => {
-                    let ended = self.end_peer(key, reason);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(ended);
-                    }
-                }
-                Command::ViewerCount {
-                    room,
-                    shard,
-                    joined,
-                } => self.router.count_viewer(&room, shard, joined),
-                Command::Media(batch) => {
-                    for packet in batch {
-                        self.fan_out_local(&packet);
-                    }
-                }
-                Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
-                Command::PublisherAt { room, shard } => {
-                    tracing::debug!(shard = self.index, %room, publisher_shard = shard, "publisher located");
-                    self.router.set_publisher_shard(&room, Some(shard))
-                }
-                Command::PublisherLeft { room } => {
-                    self.router.set_publisher_shard(&room, None);
-                    self.publisher_left_here(&room);
-                }
-                Command::WantReplay {
-                    room,
-                    viewer,
-                    shard,
-                } => {
-                    let packets = self.router.gop_snapshot(&room);
-                    self.request_keyframe_here(&room, Instant::now());
-                    if let Some(handle) = self.shards.get(shard) {
-                        handle.send(Command::Replay { viewer, packets });
-                    }
-                }
-                Command::Replay { viewer, packets } => self.replay(viewer, &packets),
-                Command::Shutdown => return false,
+        for _ in 0..COMMAND_BUDGET {
+            let Ok(command) = self.rx.try_recv() else {
+                break;
+            };
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            if matches!(command, Command::Shutdown) {
+                return false;
             }
+            let session = command.session();
+            self.guarded("command", session, |s| s.handle_command(command));
         }
         true
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Accept(request) => self.accept(*request),
+            Command::Patch {
+                key,
+                credentials,
+                candidates,
+                reply,
+            } => {
+                let outcome = self.patch(key, credentials, candidates);
+                let _ = reply.send(outcome);
+            }
+            Command::End { key, reason, reply } => {
+                let ended = self.end_peer(key, reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(ended);
+                }
+            }
+            Command::ViewerCount {
+                room,
+                shard,
+                joined,
+            } => self.router.count_viewer(&room, shard, joined),
+            Command::Media(batch) => {
+                for packet in batch {
+                    self.fan_out_local(&packet);
+                }
+            }
+            Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
+            Command::PublisherAt { room, key, shard } => {
+                tracing::debug!(shard = self.index, %room, publisher = %key, publisher_shard = shard, "publisher located");
+                self.router.publisher_at(&room, key, shard);
+            }
+            Command::PublisherLeft { room, key } => {
+                if self.router.publisher_left(&room, key) {
+                    self.publisher_left_here(&room);
+                }
+            }
+            Command::WantReplay {
+                room,
+                viewer,
+                shard,
+            } => {
+                let packets = self.router.gop_snapshot(&room);
+                self.request_keyframe_here(&room, Instant::now());
+                if let Some(handle) = self.shards.get(shard) {
+                    handle.send(Command::Replay { viewer, packets });
+                }
+            }
+            Command::Replay { viewer, packets } => self.replay(viewer, &packets),
+            Command::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(feature = "fault-injection")]
+            Command::Fault(fault) => self.inject(fault),
+            Command::Shutdown => {}
+        }
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::PanicInCommand(key) => panic!("injected fault: panic in a command for {key}"),
+            Fault::PanicOnWrite(key) => {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.panic_on_write = true;
+                }
+            }
+            // Raised by the loop itself, outside any step's containment.
+            Fault::PanicInLoop | Fault::KillThread => self.pending_fault = Some(fault),
+        }
+    }
+
+    /// Raises a fault injected for the loop itself (test builds).
+    #[cfg(feature = "fault-injection")]
+    fn raise_pending_fault(&mut self) {
+        match self.pending_fault.take() {
+            Some(Fault::PanicInLoop) => panic!("injected fault: panic in the shard loop"),
+            Some(Fault::KillThread) => {
+                self.dying = true;
+                panic!("injected fault: the shard dies")
+            }
+            _ => {}
+        }
     }
 
     fn patch(
@@ -372,20 +598,14 @@ impl ShardLoop {
         // A fragment names the ICE session it belongs to: new credentials mean the
         // client restarted ICE (RFC 9725 §4.4).
         if let Some((ufrag, pwd)) = credentials.filter(|(u, _)| *u != peer.remote_ufrag) {
-            let old = peer.ufrag.clone();
-            outcome = match peer.ice_restart(&ufrag, &pwd) {
+            outcome = match peer.ice_restart(&ufrag, &pwd, &self.settings.local_candidates) {
                 Ok(fragment) => PatchOutcome::Restarted(fragment),
                 Err(e) => PatchOutcome::Failed(e),
             };
-            if peer.ufrag != old {
-                self.by_ufrag.remove(&old);
-                self.by_ufrag.insert(peer.ufrag.clone(), key);
-            }
+            self.demux.set_ufrag(key, &peer.ufrag);
         }
         if !matches!(outcome, PatchOutcome::Failed(_)) {
-            for c in candidates {
-                peer.rtc.add_remote_candidate(c);
-            }
+            peer.add_remote_candidates(candidates);
         }
         enqueue(&mut self.queue, peer);
         outcome
@@ -429,15 +649,24 @@ impl ShardLoop {
                 return;
             }
         };
-        self.by_ufrag.insert(peer.ufrag.clone(), key);
+        // The seat is claimed before the offer is sent here; if it is no longer
+        // this session's, the HTTP request gave up waiting and released it.
+        if role == Role::Publisher
+            && self.registry.room(&room).and_then(|r| r.publisher) != Some(key)
+        {
+            tracing::info!(session = %key, room = %room, "offer accepted after its request gave up: dropped");
+            return;
+        }
+        self.demux.add_session(key, &peer.ufrag);
         enqueue(&mut self.queue, &mut peer);
         self.peers.insert(key, peer);
         match role {
             Role::Publisher => {
-                self.router.set_local_publisher(&room, Some(key));
+                self.router.add_local_publisher(&room, key);
                 let shard = self.index;
                 self.tell_others(|| Command::PublisherAt {
                     room: room.clone(),
+                    key,
                     shard,
                 });
             }
@@ -446,11 +675,14 @@ impl ShardLoop {
                 self.count_viewer_everywhere(&room, true);
             }
         }
-        let _ = reply.send(Ok(answer));
         self.metrics
             .sessions_started
             .with_label_values(&[role.as_str()])
             .inc();
+        if reply.send(Ok(answer)).is_err() {
+            // Nobody will ever learn this session's URL or answer.
+            self.end_peer(key, "the offer's HTTP request gave up waiting");
+        }
     }
 
     /// Sends a command to every other shard (the caller applies it here itself).
@@ -478,11 +710,13 @@ impl ShardLoop {
         let Some(mut peer) = self.peers.remove(&key) else {
             return false;
         };
-        self.by_ufrag.remove(&peer.ufrag);
-        for addr in &peer.remote_addrs {
-            self.by_addr.remove(addr);
-        }
-        peer.rtc.disconnect();
+        self.demux.remove_session(key);
+        self.replaying.retain(|k| *k != key);
+        peer.disconnect();
+        // Whether this session held the room's seat: only then is the room's
+        // live state this session's to change.
+        let held_seat = peer.role == Role::Publisher
+            && self.registry.room(&peer.room).and_then(|r| r.publisher) == Some(key);
         self.registry.remove_session(key, &peer.room, peer.role);
         if reason != DELETED_BY_CLIENT {
             self.registry.remember_ended(key, &peer.room, peer.role);
@@ -490,10 +724,16 @@ impl ShardLoop {
         let room = peer.room.clone();
         match peer.role {
             Role::Publisher => {
-                self.registry.set_live(&room, false);
-                self.router.set_local_publisher(&room, None);
-                self.publisher_left_here(&room);
-                self.tell_others(|| Command::PublisherLeft { room: room.clone() });
+                if held_seat {
+                    self.registry.set_live(&room, false);
+                }
+                if self.router.publisher_left(&room, key) {
+                    self.publisher_left_here(&room);
+                }
+                self.tell_others(|| Command::PublisherLeft {
+                    room: room.clone(),
+                    key,
+                });
             }
             Role::Viewer => {
                 self.router.remove_local_viewer(&room, key);
@@ -519,11 +759,13 @@ impl ShardLoop {
             &mut self.due,
         );
         for key in std::mem::take(&mut self.due) {
-            if let Some(peer) = self.peers.get_mut(&key) {
-                peer.handle_input(Input::Timeout(now));
-                peer.next_timeout = None;
-                enqueue(&mut self.queue, peer);
-            }
+            self.guarded("timer", Some(key), |s| {
+                if let Some(peer) = s.peers.get_mut(&key) {
+                    peer.handle_input(Input::Timeout(now));
+                    peer.next_timeout = None;
+                    enqueue(&mut s.queue, peer);
+                }
+            });
         }
     }
 
@@ -535,7 +777,7 @@ impl ShardLoop {
             .filter_map(|p| p.reap_reason(now, timeout).map(|why| (p.key, why)))
             .collect();
         for (key, why) in doomed {
-            self.end_peer(key, why);
+            self.guarded("reap", Some(key), |s| s.end_peer(key, why));
         }
         self.drain_queue();
     }
@@ -549,7 +791,7 @@ impl ShardLoop {
             if let Some(peer) = self.peers.get_mut(&key) {
                 peer.queued = false;
             }
-            self.drain_peer(key);
+            self.guarded("drain", Some(key), |s| s.drain_peer(key));
             if self.sends.len() >= 4 * SendBatch::CHUNK {
                 self.flush_sends();
             }
@@ -621,6 +863,13 @@ impl ShardLoop {
             PeerEvent::Gone(why) => {
                 self.end_peer(key, why);
             }
+            PeerEvent::Failed(why) => {
+                self.metrics
+                    .panics_contained
+                    .with_label_values(&["session"])
+                    .inc();
+                self.end_peer(key, why);
+            }
         }
     }
 
@@ -665,7 +914,11 @@ impl ShardLoop {
                         wants_keyframe = true;
                     }
                 }
-                WriteOutcome::Skipped => {}
+                WriteOutcome::Skipped => {
+                    if peer.has_failed() {
+                        enqueue(&mut self.queue, peer); // its drain ends it
+                    }
+                }
             }
         }
         if wants_keyframe {
@@ -682,7 +935,7 @@ impl ShardLoop {
         };
         let now = Instant::now();
         let (local_publisher, publisher_shard) = match self.router.room(&room) {
-            Some(r) => (r.publisher, r.publisher_shard),
+            Some(r) => (r.publisher, r.publisher_shard()),
             None => (None, None),
         };
         // The cache gives a picture at once; a fresh keyframe (from a publisher
@@ -767,7 +1020,7 @@ impl ShardLoop {
     }
 
     fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
-        match self.router.room(room).and_then(|r| r.publisher_shard) {
+        match self.router.room(room).and_then(|r| r.publisher_shard()) {
             Some(shard) if shard == self.index => self.request_keyframe_here(room, now),
             Some(shard) => {
                 self.shards[shard].send(Command::WantKeyframe { room: room.clone() });
@@ -828,32 +1081,5 @@ fn enqueue(queue: &mut Vec<PeerKey>, peer: &mut Peer) {
     if !peer.queued {
         peer.queued = true;
         queue.push(peer.key);
-    }
-}
-
-/// The ufrag a STUN binding request is addressed to (ours, before the colon).
-fn stun_target(data: &[u8]) -> Option<&str> {
-    // STUN starts with two zero bits and carries the magic cookie.
-    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
-        return None;
-    }
-    let message = StunMessage::parse(data).ok()?;
-    let (ours, _theirs) = message.split_username()?;
-    // Lifetime: the name borrows `data`, which outlives this call.
-    let start = data
-        .windows(ours.len())
-        .position(|w| w == ours.as_bytes())?;
-    std::str::from_utf8(&data[start..start + ours.len()]).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn non_stun_has_no_target() {
-        assert_eq!(stun_target(&[0x80; 40]), None);
-        assert_eq!(stun_target(&[]), None);
-        assert_eq!(stun_target(&[0u8; 20]), None);
     }
 }
