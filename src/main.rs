@@ -54,6 +54,9 @@ struct ServeArgs {
     public_ip: Option<String>,
 }
 
+/// Exit status when a media shard's thread has stopped (EX_SOFTWARE).
+const SHARD_FAILED: u8 = 70;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -136,7 +139,15 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         eprintln!("switchboard listening on http://{}", server.http_addr());
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            shard = server.shard_failure() => {
+                // Its sessions are gone and it takes no more: let the supervisor
+                // (systemd, Kubernetes, Docker) start a healthy process.
+                tracing::error!(shard, "a media shard stopped: exiting so the supervisor restarts the server");
+                return ExitCode::from(SHARD_FAILED);
+            }
+        }
         tracing::info!("shutting down");
         server.shutdown().await;
         ExitCode::SUCCESS

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub panics_contained: IntCounterVec,
     pub shard_restarts: IntCounter,
     pub inbox_dropped: IntCounterVec,
+    pub media_routes: IntGaugeVec,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub first_video_seconds: Histogram,
@@ -102,7 +103,20 @@ impl Metrics {
              (session.max_sessions) or client (session.max_sessions_per_ip).",
             &["scope"],
         );
+        let media_routes = IntGaugeVec::new(
+            Opts::new(
+                "media_routes",
+                "Entries in each shard's datagram routing tables: bound remote addresses \
+                 and ICE ufrags (bounded by its sessions).",
+            ),
+            &["shard", "table"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(media_routes.clone()))
+            .expect("metric registered once");
         Metrics {
+            media_routes,
             http_connections_open,
             http_connections_refused,
             http_connection_errors,

@@ -102,15 +102,9 @@ impl Server {
             next_shard: AtomicUsize::new(0),
         });
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let app = http::router(state);
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let http_task = tokio::spawn(http::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
         tracing::info!(%http_addr, media = ?media_addrs, shards = shard_count, "switchboard listening on http://{http_addr}");
         Ok(Server {
             http_addr,
@@ -134,6 +128,36 @@ impl Server {
 
     pub fn session_count(&self) -> usize {
         self.registry.session_count()
+    }
+
+    /// The shard a session lives on (from its key in the `Location` URL).
+    pub fn session_shard(&self, session: &str) -> Option<usize> {
+        let key = crate::peer::PeerKey::parse(session)?;
+        self.registry.session(key).map(|e| e.shard)
+    }
+
+    /// Resolves with a shard's index when its thread has ended while the server
+    /// is running: its sessions are gone and it takes no more. The
+    /// `switchboard` binary then exits non-zero so its supervisor restarts it.
+    pub async fn shard_failure(&self) -> usize {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if self.stop_http.is_none() {
+                continue; // shutting down: shards end on purpose
+            }
+            if let Some(dead) = self.shards.iter().position(|s| !s.is_alive()) {
+                return dead;
+            }
+        }
+    }
+
+    /// Test builds: makes shard `shard` panic in a chosen place.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, shard: usize, fault: crate::shard::Fault) -> bool {
+        self.shards
+            .get(shard)
+            .is_some_and(|s| s.send(Command::Fault(fault)))
     }
 
     /// Stops HTTP, ends every session and joins the shard threads.

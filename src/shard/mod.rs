@@ -780,6 +780,14 @@ impl ShardLoop {
             self.guarded("reap", Some(key), |s| s.end_peer(key, why));
         }
         self.drain_queue();
+        let (addrs, ufrags, _) = self.demux.table_sizes();
+        let shard = self.index.to_string();
+        for (table, size) in [("address", addrs), ("ufrag", ufrags)] {
+            self.metrics
+                .media_routes
+                .with_label_values(&[shard.as_str(), table])
+                .set(size as i64);
+        }
     }
 
     // ---- output: drain peers, fan out media ------------------------------------

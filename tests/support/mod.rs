@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod flow;
+pub mod hostile;
 pub mod http;
 pub mod media;
 pub mod obs;
