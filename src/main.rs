@@ -139,6 +139,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         eprintln!("switchboard listening on http://{}", server.http_addr());
+        #[cfg(feature = "fault-injection")]
+        kill_a_shard_if_asked(&server);
         tokio::select! {
             _ = shutdown_signal() => {}
             shard = server.shard_failure() => {
@@ -152,6 +154,20 @@ fn serve(args: ServeArgs) -> ExitCode {
         server.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Test builds: `SWITCHBOARD_TEST_KILL_SHARD_AFTER_MS` stops shard 0 after that
+/// long, to test that the process exits for its supervisor.
+#[cfg(feature = "fault-injection")]
+fn kill_a_shard_if_asked(server: &Server) {
+    let Some(ms) = std::env::var("SWITCHBOARD_TEST_KILL_SHARD_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    server.inject_fault(0, switchboard::shard::Fault::KillThread);
 }
 
 async fn shutdown_signal() {

@@ -104,7 +104,9 @@ pub fn stun_family(ufrag: &str) -> Vec<Vec<u8>> {
     for len in 0..whole.len() {
         out.push(whole[..len].to_vec());
     }
-    out.push(vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.push(vec![
+        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
     out
 }
 
