@@ -28,6 +28,20 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Value of `Access-Control-Allow-Origin`.
     pub cors_allow_origin: String,
+    /// How long a client has to send a request's line and headers, counted from
+    /// when the server starts waiting for them (a new connection, or the end of
+    /// the previous response on a kept-alive one). Past it the connection is closed.
+    #[serde(with = "duration_secs")]
+    pub header_read_timeout: Duration,
+    /// How long a client has to send a request's body once its headers are in.
+    /// Past it the request is answered 408 and the connection closed.
+    #[serde(with = "duration_secs")]
+    pub body_read_timeout: Duration,
+    /// Open HTTP connections, all clients together. Past it a new connection is
+    /// answered 503 and closed.
+    pub max_connections: usize,
+    /// Open HTTP connections from one client address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -61,6 +75,11 @@ pub struct SessionConfig {
     /// Smallest interval between two keyframe requests sent to one publisher track.
     #[serde(with = "duration_millis")]
     pub keyframe_request_interval: Duration,
+    /// Sessions (publishers and viewers, including offers still being
+    /// accepted) the node holds at once. Past it WHIP/WHEP POSTs get 503.
+    pub max_sessions: usize,
+    /// Sessions one client address (IPv6: one /64) holds at once.
+    pub max_sessions_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -87,6 +106,10 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024,
             cors_allow_origin: "*".to_string(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -109,6 +132,8 @@ impl Default for SessionConfig {
         SessionConfig {
             reap_timeout: Duration::from_secs(30),
             keyframe_request_interval: Duration::from_millis(500),
+            max_sessions: 5_000,
+            max_sessions_per_ip: 500,
         }
     }
 }
@@ -209,6 +234,15 @@ impl Config {
                 .map(|s| parse(key, s, what))
                 .collect()
         }
+        fn seconds(key: &str, value: &str) -> Result<Duration, ConfigError> {
+            let secs: f64 = parse(key, value, "a number of seconds")?;
+            Duration::try_from_secs_f64(secs).map_err(|_| {
+                ConfigError::invalid(
+                    key,
+                    format!("`{value}` is not a number of seconds, 0 or more"),
+                )
+            })
+        }
         match key {
             "http.listen" => {
                 self.http.listen = parse(key, value, "an address like 127.0.0.1:8080")?
@@ -217,6 +251,14 @@ impl Config {
                 self.http.max_body_bytes = parse(key, value, "a number of bytes")?
             }
             "http.cors_allow_origin" => self.http.cors_allow_origin = value.to_string(),
+            "http.header_read_timeout" => self.http.header_read_timeout = seconds(key, value)?,
+            "http.body_read_timeout" => self.http.body_read_timeout = seconds(key, value)?,
+            "http.max_connections" => {
+                self.http.max_connections = parse(key, value, "a number of connections")?
+            }
+            "http.max_connections_per_ip" => {
+                self.http.max_connections_per_ip = parse(key, value, "a number of connections")?
+            }
             "media.shards" => self.media.shards = parse(key, value, "a number of shards")?,
             "media.bind_ips" => self.media.bind_ips = list(key, value, "an IP address")?,
             "media.udp_port_min" => self.media.udp_port_min = parse(key, value, "a UDP port")?,
@@ -233,6 +275,12 @@ impl Config {
                 self.session.keyframe_request_interval =
                     Duration::from_millis(parse(key, value, "a number of milliseconds")?)
             }
+            "session.max_sessions" => {
+                self.session.max_sessions = parse(key, value, "a number of sessions")?
+            }
+            "session.max_sessions_per_ip" => {
+                self.session.max_sessions_per_ip = parse(key, value, "a number of sessions")?
+            }
             _ => return Err(ConfigError::invalid(key, "unknown key")),
         }
         Ok(())
@@ -246,6 +294,33 @@ impl Config {
                 "http.max_body_bytes",
                 "must be at least 1024 bytes: real offers are up to ~14 kB",
             ));
+        }
+        for (key, timeout) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.body_read_timeout", self.http.body_read_timeout),
+        ] {
+            if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    key,
+                    "must be between 0.1 and 3600 seconds",
+                ));
+            }
+        }
+        for (key, cap) in [
+            ("http.max_connections", self.http.max_connections),
+            (
+                "http.max_connections_per_ip",
+                self.http.max_connections_per_ip,
+            ),
+            ("session.max_sessions", self.session.max_sessions),
+            (
+                "session.max_sessions_per_ip",
+                self.session.max_sessions_per_ip,
+            ),
+        ] {
+            if cap == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         let shards = self.shard_count();
         if self.media.udp_port_min != 0 {
@@ -328,6 +403,10 @@ const ENV_KEYS: &[&str] = &[
     "http.listen",
     "http.max_body_bytes",
     "http.cors_allow_origin",
+    "http.header_read_timeout",
+    "http.body_read_timeout",
+    "http.max_connections",
+    "http.max_connections_per_ip",
     "media.shards",
     "media.bind_ips",
     "media.udp_port_min",
@@ -336,6 +415,8 @@ const ENV_KEYS: &[&str] = &[
     "media.keyframe_cache_bytes",
     "session.reap_timeout",
     "session.keyframe_request_interval",
+    "session.max_sessions",
+    "session.max_sessions_per_ip",
 ];
 
 mod duration_secs {
@@ -419,6 +500,53 @@ mod tests {
         assert_eq!(
             c.session.keyframe_request_interval,
             Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn http_timeouts_and_caps_from_file_and_env() {
+        let mut c = Config::from_toml(
+            "[http]\nheader_read_timeout = 2.5\nbody_read_timeout = 3\nmax_connections = 7\n\
+             [session]\nmax_sessions = 9\nmax_sessions_per_ip = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.http.max_connections, 7);
+        assert_eq!(c.session.max_sessions, 9);
+        assert_eq!(c.session.max_sessions_per_ip, 4);
+        c.apply_env(|k| match k {
+            "SWITCHBOARD_HTTP_BODY_READ_TIMEOUT" => Some("0.5".to_string()),
+            "SWITCHBOARD_HTTP_MAX_CONNECTIONS_PER_IP" => Some("3".to_string()),
+            "SWITCHBOARD_SESSION_MAX_SESSIONS_PER_IP" => Some("2".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.http.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(c.http.max_connections_per_ip, 3);
+        assert_eq!(c.session.max_sessions_per_ip, 2);
+        c.validate().unwrap();
+        let err = c
+            .apply_env(|k| (k == "SWITCHBOARD_HTTP_HEADER_READ_TIMEOUT").then(|| "-1".to_string()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("http.header_read_timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_caps_and_timeouts_name_the_key() {
+        let mut c = Config::default();
+        c.session.max_sessions = 0;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("session.max_sessions"), "{err}");
+        let mut c = Config::default();
+        c.http.header_read_timeout = Duration::ZERO;
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("http.header_read_timeout"),
+            "{err}"
         );
     }
 
