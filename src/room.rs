@@ -1,11 +1,22 @@
 //! The room registry: which sessions exist, in which room, on which shard. Read
 //! and written by the HTTP layer and by shards when a session ends; never on the
 //! packet path. Plain data keyed by global IDs, so it could live in a shared store.
+//!
+//! Every table is bounded: `sessions` and `rooms` by the session caps (each
+//! session and each offer being accepted holds a slot, see [`Registry::reserve_slot`]),
+//! `live` by rooms and open event streams, `ended` by count and age.
+//!
+//! Lock order: an entry of `live` may be held while `rooms` is read, never the
+//! other way round.
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use tokio::sync::watch;
 
 use crate::peer::{PeerKey, Role};
 use crate::router::RoomId;
@@ -25,6 +36,8 @@ pub struct RoomEntry {
     /// The video codec the publisher offered first (what it sends).
     pub publisher_video: Option<str0m::format::Codec>,
     pub viewers: usize,
+    /// Whether the publisher is connected (what the `live` channels carry).
+    pub live: bool,
 }
 
 #[derive(Debug, Default)]
@@ -33,16 +46,49 @@ pub struct Registry {
     sessions: DashMap<PeerKey, SessionEntry>,
     /// Whether each room has a publisher sending (connected), watched by viewers'
     /// event streams. Kept apart from `rooms` so a watcher keeps its channel
-    /// while the room empties and fills again.
-    live: DashMap<RoomId, tokio::sync::watch::Sender<bool>>,
+    /// while the room empties and fills again; a channel exists only while its
+    /// room exists or someone watches it.
+    live: DashMap<RoomId, watch::Sender<bool>>,
     /// Sessions the server ended (closed by the client, reaped) that the client
     /// has not DELETEd yet: OBS closes the connection first, then DELETEs, and
     /// expects 200.
-    ended: DashMap<PeerKey, (RoomId, Role, Instant)>,
+    ended: Mutex<EndedSessions>,
+    /// Who holds the session slots the caps count.
+    slots: Mutex<Slots>,
 }
 
+/// How many ended sessions are remembered, at most.
+pub const ENDED_CAPACITY: usize = 10_000;
 /// How long an ended session's resource still answers DELETE with 200.
-const ENDED_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+pub const ENDED_KEPT_FOR: Duration = Duration::from_secs(300);
+
+/// The caps on sessions: in all, and per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaps {
+    pub total: usize,
+    pub per_client: usize,
+}
+
+/// Which cap refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReached {
+    /// The node holds `session.max_sessions` sessions.
+    Server,
+    /// This client address holds `session.max_sessions_per_ip` sessions.
+    Client,
+}
+
+/// The sizes of the registry's tables (tests and `/metrics`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableSizes {
+    pub rooms: usize,
+    pub sessions: usize,
+    pub live: usize,
+    pub ended: usize,
+    pub slots: usize,
+    pub slot_clients: usize,
+}
 
 impl Registry {
     /// Claims `room`'s publisher seat for `key`; `Err` with the holder if taken.
@@ -70,65 +116,107 @@ impl Registry {
         self.sessions.insert(key, entry);
     }
 
-    /// Forgets a session (and frees the publisher seat it held). Also used to
-    /// release a claimed seat whose session never started.
+    /// Forgets a session, frees the publisher seat and the session slot it held.
+    /// Also used to release a claimed seat and slot whose session never started.
+    /// Safe to call more than once.
     pub fn remove_session(&self, key: PeerKey, room: &RoomId, role: Role) -> Option<SessionEntry> {
         let removed = self.sessions.remove(&key).map(|(_, e)| e);
+        self.release_slot(key);
         if let Entry::Occupied(mut entry) = self.rooms.entry(room.clone()) {
             let r = entry.get_mut();
             match role {
                 Role::Publisher if r.publisher == Some(key) => {
                     r.publisher = None;
                     r.publisher_video = None;
+                    r.live = false;
                 }
                 Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),
                 _ => {}
             }
             if r.publisher.is_none() && r.viewers == 0 {
                 entry.remove();
-                // Nobody watches an empty room's events any more.
-                self.live.remove_if(room, |_, tx| tx.receiver_count() == 0);
             }
         }
+        // Tell the room's watchers, or forget its channel if nobody watches an empty room.
+        self.sync_live(room);
         removed
     }
 
-    /// A publisher connected to (`true`) or left (`false`) `room`.
+    /// A publisher connected to (`true`) or left (`false`) `room`. Only a room
+    /// that exists is updated: a late `false` for a room that is gone creates nothing.
     pub fn set_live(&self, room: &RoomId, live: bool) {
-        let sender = self
-            .live
-            .entry(room.clone())
-            .or_insert_with(|| tokio::sync::watch::channel(false).0);
-        sender.send_replace(live);
+        if let Some(mut r) = self.rooms.get_mut(room) {
+            r.live = live;
+        }
+        self.sync_live(room);
     }
 
-    /// Follows whether `room` has a live publisher.
-    pub fn watch_live(&self, room: &RoomId) -> tokio::sync::watch::Receiver<bool> {
-        self.live
+    /// Follows whether `room` has a live publisher, starting from its current
+    /// state. The channel is forgotten when the last watch of an empty room is dropped.
+    pub fn watch_live(self: &Arc<Self>, room: &RoomId) -> LiveWatch {
+        let rx = self
+            .live
             .entry(room.clone())
-            .or_insert_with(|| tokio::sync::watch::channel(false).0)
-            .subscribe()
+            .or_insert_with(|| watch::channel(self.room_is_live(room)).0)
+            .subscribe();
+        LiveWatch {
+            registry: Arc::clone(self),
+            room: room.clone(),
+            rx: Some(rx),
+        }
+    }
+
+    fn room_is_live(&self, room: &RoomId) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.live)
+    }
+
+    /// Brings `room`'s channel, if any, in line with the room: sends its live
+    /// state, or removes the channel when the room is gone and nobody watches.
+    fn sync_live(&self, room: &RoomId) {
+        if let Entry::Occupied(entry) = self.live.entry(room.clone()) {
+            let state = self.rooms.get(room).map(|r| r.live);
+            match state {
+                None if entry.get().receiver_count() == 0 => {
+                    entry.remove();
+                }
+                state => {
+                    let live = state.unwrap_or(false);
+                    entry.get().send_if_modified(|current| {
+                        let changed = *current != live;
+                        *current = live;
+                        changed
+                    });
+                }
+            }
+        }
     }
 
     /// Remembers a session the server ended on its own.
     pub fn remember_ended(&self, key: PeerKey, room: &RoomId, role: Role) {
-        if self.ended.len() > 1024 {
-            let now = Instant::now();
-            self.ended
-                .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < ENDED_KEPT_FOR);
-        }
-        self.ended.insert(key, (room.clone(), role, Instant::now()));
+        lock(&self.ended).insert(key, room.clone(), role, Instant::now());
     }
 
     /// The client DELETEs a session the server already ended: true (once) if it
     /// was ours, in that room and of that role, and recent.
     pub fn take_ended(&self, key: PeerKey, room: &str, role: Role) -> bool {
-        match self.ended.remove(&key) {
-            Some((_, (r, kind, at))) => {
-                &*r == room && kind == role && at.elapsed() < ENDED_KEPT_FOR
-            }
-            None => false,
-        }
+        lock(&self.ended).take(key, room, role, Instant::now())
+    }
+
+    /// Takes a session slot for `key` (an offer about to go to a shard) on
+    /// behalf of `client`, unless a cap is reached. The slot is freed by
+    /// [`remove_session`](Self::remove_session) (or [`release_slot`](Self::release_slot)).
+    pub fn reserve_slot(
+        &self,
+        key: PeerKey,
+        client: IpAddr,
+        caps: SessionCaps,
+    ) -> Result<(), CapReached> {
+        lock(&self.slots).reserve(key, client, caps)
+    }
+
+    /// Frees `key`'s session slot, if it holds one.
+    pub fn release_slot(&self, key: PeerKey) {
+        lock(&self.slots).release(key);
     }
 
     pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {
@@ -141,6 +229,182 @@ impl Registry {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    #[doc(hidden)]
+    pub fn table_sizes(&self) -> TableSizes {
+        let (slots, slot_clients) = {
+            let slots = lock(&self.slots);
+            (slots.holders.len(), slots.by_client.len())
+        };
+        TableSizes {
+            rooms: self.rooms.len(),
+            sessions: self.sessions.len(),
+            live: self.live.len(),
+            ended: lock(&self.ended).len(),
+            slots,
+            slot_clients,
+        }
+    }
+}
+
+/// A mutex that a panic elsewhere cannot make unusable: the tables it guards
+/// stay consistent at every step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A viewer's view of its room's live state. Dropping the last one of a room
+/// that is gone forgets the room's channel.
+pub struct LiveWatch {
+    registry: Arc<Registry>,
+    room: RoomId,
+    /// Always `Some` until dropped: taken in `drop` so the channel sees one
+    /// receiver fewer before it is checked.
+    rx: Option<watch::Receiver<bool>>,
+}
+
+impl LiveWatch {
+    /// Waits for a change; false if the channel is closed.
+    pub async fn changed(&mut self) -> bool {
+        match &mut self.rx {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The current state, marked as seen.
+    pub fn borrow_and_update(&mut self) -> bool {
+        self.rx.as_mut().is_some_and(|rx| *rx.borrow_and_update())
+    }
+}
+
+impl Drop for LiveWatch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.registry.sync_live(&self.room);
+    }
+}
+
+/// Who holds the session slots: one per session and per offer being accepted.
+#[derive(Debug, Default)]
+struct Slots {
+    holders: HashMap<PeerKey, IpAddr>,
+    /// Slots held per client address; an address holding none has no entry.
+    by_client: HashMap<IpAddr, usize>,
+}
+
+impl Slots {
+    fn reserve(
+        &mut self,
+        key: PeerKey,
+        client: IpAddr,
+        caps: SessionCaps,
+    ) -> Result<(), CapReached> {
+        if self.holders.contains_key(&key) {
+            return Ok(());
+        }
+        if self.holders.len() >= caps.total {
+            return Err(CapReached::Server);
+        }
+        let held = self.by_client.get(&client).copied().unwrap_or(0);
+        if held >= caps.per_client {
+            return Err(CapReached::Client);
+        }
+        self.by_client.insert(client, held + 1);
+        self.holders.insert(key, client);
+        Ok(())
+    }
+
+    fn release(&mut self, key: PeerKey) {
+        let Some(client) = self.holders.remove(&key) else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Occupied(mut held) = self.by_client.entry(client)
+        {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
+
+/// Sessions the server ended, remembered for a while so that the client's
+/// DELETE still succeeds. Bounded in count and age; an insert does O(1) work:
+/// entries leave from the front of the insertion order (the oldest), at most
+/// two expired ones per insert plus the oldest when full.
+#[derive(Debug)]
+pub struct EndedSessions {
+    /// Insertion order. May hold keys already taken: those are skipped when
+    /// they reach the front.
+    order: VecDeque<(PeerKey, Instant)>,
+    by_key: HashMap<PeerKey, (RoomId, Role, Instant)>,
+    capacity: usize,
+    kept_for: Duration,
+}
+
+impl Default for EndedSessions {
+    fn default() -> Self {
+        EndedSessions::new(ENDED_CAPACITY, ENDED_KEPT_FOR)
+    }
+}
+
+impl EndedSessions {
+    pub fn new(capacity: usize, kept_for: Duration) -> Self {
+        EndedSessions {
+            order: VecDeque::new(),
+            by_key: HashMap::new(),
+            capacity: capacity.max(1),
+            kept_for,
+        }
+    }
+
+    pub fn insert(&mut self, key: PeerKey, room: RoomId, role: Role, now: Instant) {
+        for _ in 0..2 {
+            match self.order.front() {
+                Some(&(_, at)) if now.saturating_duration_since(at) >= self.kept_for => {
+                    self.pop_front()
+                }
+                _ => break,
+            }
+        }
+        // `order` never holds more than `capacity`, so this pops at most once.
+        while self.order.len() >= self.capacity {
+            self.pop_front();
+        }
+        self.order.push_back((key, now));
+        self.by_key.insert(key, (room, role, now));
+    }
+
+    /// True (once) if `key` was remembered, in `room`, with `role`, and is recent.
+    pub fn take(&mut self, key: PeerKey, room: &str, role: Role, now: Instant) -> bool {
+        match self.by_key.remove(&key) {
+            Some((r, kind, at)) => {
+                &*r == room && kind == role && now.saturating_duration_since(at) < self.kept_for
+            }
+            None => false,
+        }
+    }
+
+    /// Entries held (including taken ones not yet evicted).
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((key, at)) = self.order.pop_front() {
+            // Only if this entry is still the remembered one for `key`.
+            if self.by_key.get(&key).is_some_and(|&(_, _, t)| t == at) {
+                self.by_key.remove(&key);
+            }
+        }
     }
 }
 
@@ -157,6 +421,11 @@ mod tests {
             created: Instant::now(),
         }
     }
+
+    const CAPS: SessionCaps = SessionCaps {
+        total: 3,
+        per_client: 2,
+    };
 
     #[test]
     fn one_publisher_per_room_and_the_seat_frees_on_removal() {
@@ -178,5 +447,146 @@ mod tests {
         reg.remove_session(PeerKey(3), &room, Role::Viewer);
         assert!(reg.room("a").is_none());
         assert_eq!(reg.session_count(), 0);
+    }
+
+    #[test]
+    fn set_live_on_a_room_that_is_gone_creates_nothing() {
+        let reg = Registry::default();
+        let room: RoomId = "gone".into();
+        reg.claim_publisher(&room, PeerKey(1)).unwrap();
+        reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
+        reg.set_live(&room, true);
+        // What a shard's end_peer does: remove, then say the room is not live.
+        reg.remove_session(PeerKey(1), &room, Role::Publisher);
+        reg.set_live(&room, false);
+        assert_eq!(reg.table_sizes(), TableSizes::default());
+    }
+
+    #[test]
+    fn a_watcher_starts_from_the_current_state_and_its_channel_goes_with_the_room() {
+        let reg = Arc::new(Registry::default());
+        let room: RoomId = "r".into();
+        reg.claim_publisher(&room, PeerKey(1)).unwrap();
+        reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
+        reg.add_session(PeerKey(2), entry(&room, Role::Viewer));
+        // Live before anyone watched: no channel yet, but the state is kept.
+        reg.set_live(&room, true);
+        assert_eq!(reg.table_sizes().live, 0);
+        let mut watch = reg.watch_live(&room);
+        assert!(watch.borrow_and_update());
+        reg.remove_session(PeerKey(1), &room, Role::Publisher);
+        assert!(!watch.borrow_and_update(), "the publisher left");
+        // The viewer leaves: the room is gone but its watcher still holds the channel.
+        reg.remove_session(PeerKey(2), &room, Role::Viewer);
+        assert_eq!(reg.table_sizes().live, 1);
+        drop(watch);
+        assert_eq!(reg.table_sizes(), TableSizes::default());
+    }
+
+    #[test]
+    fn a_watched_room_keeps_its_channel_while_it_lives() {
+        let reg = Arc::new(Registry::default());
+        let room: RoomId = "r".into();
+        reg.add_session(PeerKey(2), entry(&room, Role::Viewer));
+        let first = reg.watch_live(&room);
+        drop(first);
+        // The room still exists: the channel stays (it goes with the room).
+        assert_eq!(reg.table_sizes().live, 1);
+        reg.remove_session(PeerKey(2), &room, Role::Viewer);
+        assert_eq!(reg.table_sizes().live, 0);
+    }
+
+    #[test]
+    fn slots_are_capped_in_all_and_per_client_and_freed_by_removal() {
+        let reg = Registry::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let room: RoomId = "r".into();
+        assert_eq!(reg.reserve_slot(PeerKey(1), a, CAPS), Ok(()));
+        assert_eq!(reg.reserve_slot(PeerKey(2), a, CAPS), Ok(()));
+        assert_eq!(
+            reg.reserve_slot(PeerKey(3), a, CAPS),
+            Err(CapReached::Client)
+        );
+        assert_eq!(reg.reserve_slot(PeerKey(3), b, CAPS), Ok(()));
+        assert_eq!(
+            reg.reserve_slot(PeerKey(4), b, CAPS),
+            Err(CapReached::Server)
+        );
+        // Reserving again for the same key takes nothing more.
+        assert_eq!(reg.reserve_slot(PeerKey(3), b, CAPS), Ok(()));
+        // A session ends for any reason: its slot is free; removing twice is harmless.
+        reg.remove_session(PeerKey(1), &room, Role::Viewer);
+        reg.remove_session(PeerKey(1), &room, Role::Viewer);
+        assert_eq!(reg.reserve_slot(PeerKey(4), b, CAPS), Ok(()));
+        assert_eq!(
+            reg.reserve_slot(PeerKey(5), a, CAPS),
+            Err(CapReached::Server)
+        );
+        for key in [2, 3, 4] {
+            reg.release_slot(PeerKey(key));
+        }
+        assert_eq!(reg.table_sizes(), TableSizes::default());
+    }
+
+    #[test]
+    fn ended_sessions_answer_once_for_the_right_room_and_role() {
+        let mut ended = EndedSessions::new(10, Duration::from_secs(300));
+        let now = Instant::now();
+        ended.insert(PeerKey(1), "a".into(), Role::Publisher, now);
+        ended.insert(PeerKey(2), "a".into(), Role::Viewer, now);
+        assert!(ended.take(PeerKey(1), "a", Role::Publisher, now));
+        assert!(
+            !ended.take(PeerKey(1), "a", Role::Publisher, now),
+            "only once"
+        );
+        assert!(
+            !ended.take(PeerKey(2), "b", Role::Viewer, now),
+            "wrong room"
+        );
+        assert!(
+            !ended.take(PeerKey(3), "a", Role::Viewer, now),
+            "never ended"
+        );
+    }
+
+    #[test]
+    fn ended_sessions_are_bounded_in_count() {
+        let mut ended = EndedSessions::new(100, Duration::from_secs(300));
+        let now = Instant::now();
+        for i in 0..10_000 {
+            ended.insert(PeerKey(i), "a".into(), Role::Viewer, now);
+            assert!(ended.len() <= 100);
+            assert!(ended.by_key.len() <= 100);
+        }
+        // The newest are remembered, the oldest forgotten.
+        assert!(ended.take(PeerKey(9_999), "a", Role::Viewer, now));
+        assert!(ended.take(PeerKey(9_900), "a", Role::Viewer, now));
+        assert!(!ended.take(PeerKey(9_899), "a", Role::Viewer, now));
+        // Taken entries leave the map at once and the queue when they reach its front.
+        for i in 10_000..10_100 {
+            ended.insert(PeerKey(i), "a".into(), Role::Viewer, now);
+        }
+        assert_eq!(ended.len(), 100);
+        assert_eq!(ended.by_key.len(), 100);
+    }
+
+    #[test]
+    fn ended_sessions_expire_with_age() {
+        let kept_for = Duration::from_secs(300);
+        let mut ended = EndedSessions::new(10_000, kept_for);
+        let start = Instant::now();
+        for i in 0..1_000 {
+            ended.insert(PeerKey(i), "a".into(), Role::Viewer, start);
+        }
+        let later = start + kept_for;
+        assert!(!ended.take(PeerKey(5), "a", Role::Viewer, later), "too old");
+        // New inserts push the expired ones out, two per insert.
+        for i in 1_000..1_500 {
+            ended.insert(PeerKey(i), "a".into(), Role::Viewer, later);
+        }
+        assert_eq!(ended.len(), 500, "the 1000 expired ones left, 2 per insert");
+        assert_eq!(ended.by_key.len(), 500);
+        assert!(ended.take(PeerKey(1_200), "a", Role::Viewer, later));
     }
 }

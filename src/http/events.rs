@@ -15,6 +15,7 @@ use futures_util::stream::{self, Stream};
 use super::problem::Problem;
 use super::AppState;
 use crate::peer::{PeerKey, Role};
+use crate::room::LiveWatch;
 
 /// The `rel` of the Link header that advertises the event stream.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -51,9 +52,10 @@ pub async fn stream(
 fn events(
     state: Arc<AppState>,
     key: PeerKey,
-    live: tokio::sync::watch::Receiver<bool>,
+    live: LiveWatch,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // The first item is the current state; then one per change.
+    // The first item is the current state; then one per change. The stream owns
+    // the watch: when it ends or the client goes, the room's channel may go too.
     stream::unfold(
         (state, live, true),
         move |(state, mut live, first)| async move {
@@ -61,14 +63,14 @@ fn events(
                 loop {
                     // Wake at least every few seconds to notice the session has ended.
                     match tokio::time::timeout(Duration::from_secs(2), live.changed()).await {
-                        Ok(Ok(())) => break,
-                        Ok(Err(_)) => return None,
+                        Ok(true) => break,
+                        Ok(false) => return None,
                         Err(_) if state.registry.session(key).is_none() => return None,
                         Err(_) => continue,
                     }
                 }
             }
-            let active = *live.borrow_and_update();
+            let active = live.borrow_and_update();
             let event = Event::default()
                 .event(if active { "active" } else { "inactive" })
                 .data("{}");
