@@ -4,6 +4,7 @@
 mod events;
 mod problem;
 mod sdpfrag;
+mod serve;
 mod session;
 
 use std::sync::atomic::AtomicUsize;
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use problem::Problem;
+pub use serve::serve;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -56,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/app.js", get(app_js))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/whip/{room}", post(session::post_whip).options(options))
         .route(
@@ -76,6 +79,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .options(options),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(middleware::from_fn(problem::ensure_problem))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
@@ -92,11 +97,54 @@ async fn app_js() -> Response {
         .into_response()
 }
 
+/// How long a shard has to answer the readiness ping.
+const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `/readyz`: every shard's loop answered a ping within its deadline. (`/healthz`
+/// only says the process is alive.)
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let pings = state.shards.iter().map(|s| s.ping(READY_DEADLINE));
+    let answers = futures_util::future::join_all(pings).await;
+    let silent: Vec<String> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, ok)| !**ok)
+        .map(|(i, _)| i.to_string())
+        .collect();
+    if silent.is_empty() {
+        return "ready\n".into_response();
+    }
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        format!(
+            "media shard(s) {} did not answer within {READY_DEADLINE:?}",
+            silent.join(", ")
+        ),
+    )
+    .into_response()
+}
+
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state
         .metrics
         .sessions_active
         .set(state.registry.session_count() as i64);
+    let tables = state.registry.table_sizes();
+    for (table, size) in [
+        ("rooms", tables.rooms),
+        ("sessions", tables.sessions),
+        ("live_channels", tables.live),
+        ("ended_sessions", tables.ended),
+        ("session_slots", tables.slots),
+        ("session_slot_clients", tables.slot_clients),
+    ] {
+        state
+            .metrics
+            .registry_entries
+            .with_label_values(&[table])
+            .set(size as i64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -106,6 +154,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     Problem::not_found(format!("nothing at {method} {}", uri.path())).into_response()
+}
+
+/// A body announced (`Content-Length`) larger than `http.max_body_bytes` is
+/// refused before any of it is read; a longer body sent without a length is cut
+/// off where it is read.
+async fn body_limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.config.http.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Problem::too_large(limit).into_response();
+    }
+    next.run(request).await
 }
 
 /// `OPTIONS`: CORS preflight, and what WHIP clients read before posting.

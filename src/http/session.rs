@@ -2,28 +2,36 @@
 //! the room's endpoint to create a session resource; `PATCH` it for trickle ICE
 //! or an ICE restart; `DELETE` it to end the session.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use str0m::change::SdpOffer;
 use str0m::Candidate;
 use tokio::sync::oneshot;
 
 use super::problem::Problem;
 use super::{sdpfrag, AppState};
+use crate::config::HttpConfig;
 use crate::metrics::client_family;
 use crate::peer::{offer, AcceptError, PeerKey, Role};
-use crate::room::SessionEntry;
+use crate::room::{CapReached, SessionCaps, SessionEntry};
 use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
 
 /// How long an HTTP request waits for a shard's answer.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` when the session caps are reached or a shard is busy, in seconds.
+const RETRY_AFTER: u32 = 5;
+/// The reason a shard logs for a session whose offer's request ended (timed
+/// out, or the client went away) before the session was created.
+const OFFER_ABANDONED: &str = "the offer's HTTP request ended before the session was created";
 
 pub fn endpoint(role: Role) -> &'static str {
     match role {
@@ -84,7 +92,13 @@ async fn post_offer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    match create_session(role, &state, &room, request).await {
+    // Unknown only when the router is served without `serve` (then all share one cap).
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| super::serve::client_key(addr.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match create_session(role, &state, &room, client, request).await {
         Ok(response) => response,
         Err(problem) => {
             let client = client_family(&user_agent);
@@ -107,20 +121,93 @@ async fn post_offer(
     }
 }
 
+/// An offer on its way to becoming a session. It holds a session slot (and,
+/// for a publisher, the room's seat) from before it goes to a shard until the
+/// session is created. Dropped before that (refused, timed out, or the request
+/// abandoned when the client went away), it frees both, and if the shard may
+/// still accept it, tells the shard to end it: an accept that finishes late
+/// leaves nothing behind.
+struct PendingOffer<'a> {
+    state: &'a AppState,
+    key: PeerKey,
+    room: RoomId,
+    role: Role,
+    /// The shard that may still create the session.
+    shard: Option<usize>,
+    created: bool,
+}
+
+impl Drop for PendingOffer<'_> {
+    fn drop(&mut self) {
+        if self.created {
+            return;
+        }
+        if let Some(shard) = self.shard {
+            // After the Accept in the same inbox, so it ends what the Accept made.
+            self.state.shards[shard].send(Command::End {
+                key: self.key,
+                reason: OFFER_ABANDONED,
+                reply: None,
+            });
+        }
+        self.state
+            .registry
+            .remove_session(self.key, &self.room, self.role);
+    }
+}
+
 async fn create_session(
     role: Role,
     state: &Arc<AppState>,
     room: &str,
+    client: IpAddr,
     request: Request<Body>,
 ) -> Result<Response, Problem> {
     check_room_name(room)?;
     require_content_type(request.headers(), "application/sdp")?;
-    let text = read_body(request.into_body(), state.config.http.max_body_bytes).await?;
+    let text = read_body(request.into_body(), &state.config.http).await?;
     let offer = SdpOffer::from_sdp_string(&text)
         .map_err(|e| Problem::bad_request(offer::describe_parse_error(&text, &e.to_string())))?;
 
     let room: RoomId = room.into();
     let key = PeerKey::random();
+    let caps = SessionCaps {
+        total: state.config.session.max_sessions,
+        per_client: state.config.session.max_sessions_per_ip,
+    };
+    if let Err(reached) = state.registry.reserve_slot(key, client, caps) {
+        let (scope, detail) = match reached {
+            CapReached::Server => (
+                "server",
+                format!(
+                    "the server holds its maximum of {} sessions (session.max_sessions); try again later",
+                    caps.total
+                ),
+            ),
+            CapReached::Client => (
+                "client",
+                format!(
+                    "your address holds its maximum of {} sessions (session.max_sessions_per_ip); \
+                     DELETE one or try again later",
+                    caps.per_client
+                ),
+            ),
+        };
+        state
+            .metrics
+            .session_cap_refusals
+            .with_label_values(&[scope])
+            .inc();
+        return Err(Problem::unavailable(detail, RETRY_AFTER));
+    }
+    let mut pending = PendingOffer {
+        state,
+        key,
+        room: room.clone(),
+        role,
+        shard: None,
+        created: false,
+    };
     let preferred_video = match role {
         Role::Publisher => offer::first_sent_video_codec(&offer::summarize(&text)),
         Role::Viewer => state.registry.room(&room).and_then(|r| r.publisher_video),
@@ -145,27 +232,32 @@ async fn create_session(
         preferred_video,
         reply,
     };
-    let sent = state.shards[shard].send(Command::Accept(Box::new(request)));
-    let reply = match sent {
-        true => tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer)
-            .await
-            .ok()
-            .and_then(Result::ok),
-        false => None,
-    };
+    if !state.shards[shard].send(Command::Accept(Box::new(request))) {
+        return Err(Problem::unavailable(
+            "the media shard is busy; try again",
+            RETRY_AFTER,
+        ));
+    }
+    pending.shard = Some(shard);
+    let reply = tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer)
+        .await
+        .ok()
+        .and_then(Result::ok);
     let answer = match reply {
         Some(Ok(answer)) => answer,
-        other => {
-            state.registry.remove_session(key, &room, role);
-            return Err(match other {
-                Some(Err(AcceptError::Unusable(why))) => Problem::bad_request(why),
-                Some(Err(e @ AcceptError::Negotiation(_))) => Problem::bad_request(e.to_string()),
-                _ => Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable",
-                    "the media shard did not answer in time; try again",
-                ),
+        Some(Err(e)) => {
+            // The shard refused the offer: it holds nothing for it.
+            pending.shard = None;
+            return Err(match e {
+                AcceptError::Unusable(why) => Problem::bad_request(why),
+                e @ AcceptError::Negotiation(_) => Problem::bad_request(e.to_string()),
             });
+        }
+        None => {
+            return Err(Problem::unavailable(
+                "the media shard did not answer in time; try again",
+                RETRY_AFTER,
+            ))
         }
     };
     if role == Role::Publisher {
@@ -182,6 +274,7 @@ async fn create_session(
             created: Instant::now(),
         },
     );
+    pending.created = true;
     tracing::info!(session = %key, room = %room, role = role.as_str(), shard, "session created");
 
     let location = format!("/{}/{}/{}", endpoint(role), room, key);
@@ -272,7 +365,7 @@ async fn patch(
             ));
         }
     }
-    let body = read_body(request.into_body(), state.config.http.max_body_bytes).await?;
+    let body = read_body(request.into_body(), &state.config.http).await?;
     let frag = sdpfrag::parse(&body);
 
     let mut candidates = Vec::new();
@@ -373,14 +466,37 @@ fn require_content_type(headers: &HeaderMap, wanted: &'static str) -> Result<(),
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<String, Problem> {
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Content Too Large",
-            format!("the body is larger than {limit} bytes (http.max_body_bytes)"),
-        )
-    })?;
+/// Reads a whole body of at most `http.max_body_bytes` within
+/// `http.body_read_timeout`: 413 above the size, 408 past the time, 400 if it
+/// cannot be read (a malformed chunked encoding, the client went away).
+async fn read_body(body: Body, http: &HttpConfig) -> Result<String, Problem> {
+    let limit = http.max_body_bytes;
+    let timeout = http.body_read_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let bytes = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(Problem::too_large(limit))
+        }
+        Ok(Err(e)) => {
+            let mut problem =
+                Problem::bad_request(format!("the request body could not be read: {e}"));
+            problem.close = true;
+            return Err(problem);
+        }
+        Err(_) => {
+            let mut problem = Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                format!(
+                    "the body did not arrive within {} s (http.body_read_timeout)",
+                    timeout.as_secs_f64()
+                ),
+            );
+            problem.close = true;
+            return Err(problem);
+        }
+    };
     String::from_utf8(bytes.to_vec())
         .map_err(|_| Problem::bad_request("the body is not UTF-8 text"))
 }
