@@ -117,3 +117,79 @@ impl ShardHandle {
         matches!(tokio::time::timeout(deadline, answered).await, Ok(Ok(())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::PeerKey;
+
+    fn handle() -> (ShardHandle, crossbeam_channel::Receiver<Command>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let handle = ShardHandle {
+            tx,
+            waker,
+            shared: Arc::new(Shared::new()),
+            metrics: Arc::new(Metrics::new()),
+        };
+        (handle, rx, poll)
+    }
+
+    fn end(key: u64) -> Command {
+        Command::End {
+            key: PeerKey(key),
+            reason: "test",
+            reply: None,
+        }
+    }
+
+    fn offer_like() -> Command {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Command::Patch {
+            key: PeerKey(1),
+            credentials: None,
+            candidates: Vec::new(),
+            reply,
+        }
+    }
+
+    #[test]
+    fn a_full_inbox_drops_media_refuses_requests_and_keeps_control() {
+        let (handle, rx, _poll) = handle();
+        assert!(handle.send(Command::Media(Vec::new())));
+        assert!(handle.send(offer_like()));
+        assert_eq!(handle.queued(), 2);
+
+        handle.shared.queued.store(MEDIA_LIMIT, Ordering::Relaxed);
+        assert!(!handle.send(Command::Media(Vec::new())), "media dropped");
+        assert!(handle.send(offer_like()), "requests still taken");
+        handle.shared.queued.store(REQUEST_LIMIT, Ordering::Relaxed);
+        assert!(!handle.send(offer_like()), "requests refused");
+        handle
+            .shared
+            .queued
+            .store(10 * REQUEST_LIMIT, Ordering::Relaxed);
+        assert!(handle.send(end(7)), "control is never dropped");
+
+        let dropped = |kind: &str| {
+            handle
+                .metrics
+                .inbox_dropped
+                .with_label_values(&[kind])
+                .get()
+        };
+        assert_eq!((dropped("media"), dropped("request")), (1, 1));
+        // What was taken is there, in order.
+        let kinds: Vec<CommandClass> = rx.try_iter().map(|c| c.class()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                CommandClass::Media,
+                CommandClass::Request,
+                CommandClass::Request,
+                CommandClass::Control
+            ]
+        );
+    }
+}
