@@ -106,7 +106,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024,
             cors_allow_origin: "*".to_string(),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 1_000,

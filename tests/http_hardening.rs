@@ -548,6 +548,8 @@ async fn connections_past_the_caps_are_answered_503_at_once() {
         let mut config = Config::for_tests();
         config.http.max_connections = 4;
         config.http.max_connections_per_ip = 3;
+        // The held connections stay open for the whole test.
+        config.http.header_read_timeout = Duration::from_secs(30);
         let server = flow::start_server(config).await;
         let addr = server.http_addr();
         let a: IpAddr = "127.0.0.1".parse().unwrap();
