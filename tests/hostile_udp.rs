@@ -193,3 +193,28 @@ async fn an_idle_connected_viewer_is_kept_alive_by_authenticated_checks() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_aiming_checks_at_many_addresses_is_refused() {
+    with_timeout(Duration::from_secs(30), async {
+        let server = start_server(Config::for_tests()).await;
+        let mut rtc = support::peer::build_rtc(Codecs::Default);
+        let offer = support::offer_sdp(&mut rtc, &[(MediaKind::Video, Direction::SendOnly)], false);
+        // A full ICE agent checks every candidate: 65 of them, all on loopback.
+        let extra: String = (0..65)
+            .map(|i| {
+                format!(
+                    "a=candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host\r\n",
+                    20000 + i
+                )
+            })
+            .collect();
+        let offer = offer.replacen("a=mid:", &format!("{extra}a=mid:"), 1);
+        let resp = support::http::post(server.http_addr(), "/whip/many", "application/sdp", offer)
+            .await
+            .expect("POST answers");
+        assert_eq!(resp.status, 400, "{}", resp.body);
+        assert!(resp.body.contains("ICE candidates"), "{}", resp.body);
+    })
+    .await;
+}

@@ -117,6 +117,9 @@ pub struct Peer {
     pub keyframe_asked: Option<Instant>,
     /// The client's ICE username fragment (from its offer, or its last restart).
     pub remote_ufrag: String,
+    /// Remote candidates given so far (offer and PATCHes), capped at
+    /// [`MAX_REMOTE_CANDIDATES`].
+    remote_candidates: usize,
     /// Set when the WebRTC stack panicked: the session is ended at once.
     failed: Option<&'static str>,
     /// Test builds: the next forwarded packet panics inside the write path.
@@ -167,6 +170,12 @@ impl Peer {
         if let Some(why) = offer::nothing_usable(&offered, role == Role::Publisher) {
             return Err(AcceptError::Unusable(why));
         }
+        let candidates = count_candidates(offer_text);
+        if candidates > MAX_REMOTE_CANDIDATES {
+            return Err(AcceptError::Unusable(format!(
+                "the offer lists {candidates} ICE candidates; at most {MAX_REMOTE_CANDIDATES} are taken"
+            )));
+        }
         let credentials = credentials::random_ice_credentials();
         let mut rtc = rtc_config(settings, preferred_video)
             .set_local_ice_credentials(credentials.clone())
@@ -196,6 +205,7 @@ impl Peer {
             #[cfg(feature = "fault-injection")]
             panic_on_write: false,
             remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
+            remote_candidates: candidates,
             awaiting_replay: false,
             replay_queue: std::collections::VecDeque::new(),
             last_written_ts: None,
@@ -298,10 +308,17 @@ impl Peer {
         }
     }
 
-    /// Adds candidates trickled by the client.
+    /// Adds candidates trickled by the client, up to [`MAX_REMOTE_CANDIDATES`]
+    /// in the session's life: a full ICE agent checks every candidate it is
+    /// given, so an unbounded list would let a client aim our checks anywhere.
     pub fn add_remote_candidates(&mut self, candidates: Vec<Candidate>) {
+        let room = MAX_REMOTE_CANDIDATES.saturating_sub(self.remote_candidates);
+        if candidates.len() > room {
+            tracing::info!(session = %self.key, given = candidates.len(), taken = room, "trickled candidates beyond the cap ignored");
+        }
+        self.remote_candidates += candidates.len().min(room);
         self.guard("trickled candidate", |peer| {
-            for c in candidates {
+            for c in candidates.into_iter().take(room) {
                 peer.rtc.add_remote_candidate(c);
             }
         });
@@ -512,6 +529,16 @@ impl Peer {
         }
         None
     }
+}
+
+/// Remote ICE candidates one session may give (offer and trickle together).
+/// Real clients give a handful; each one is a destination of our checks.
+pub const MAX_REMOTE_CANDIDATES: usize = 64;
+
+fn count_candidates(sdp: &str) -> usize {
+    sdp.lines()
+        .filter(|l| l.trim_start().starts_with("a=candidate:"))
+        .count()
 }
 
 /// The text of a caught panic, for the log.
