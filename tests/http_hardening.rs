@@ -423,6 +423,22 @@ async fn slow_and_idle_clients_are_cut_off_by_the_header_timeout() {
             "an idle kept-alive connection is closed"
         );
         assert!(started.elapsed() < Duration::from_secs(3));
+
+        // A response that streams (a viewer's events) is not a slow request:
+        // it outlives the header timeout.
+        let client = client_from("127.0.0.1".parse().unwrap());
+        let (status, whep, ..) =
+            post_offer(&client, addr, "/whep/streaming", &viewer_offer()).await;
+        assert_eq!(status, 201);
+        let mut events = client
+            .get(format!("http://{addr}{whep}/events"))
+            .send()
+            .await
+            .expect("GET events");
+        read_until(&mut events, "event: inactive").await;
+        let quiet = tokio::time::timeout(Duration::from_millis(2500), events.chunk()).await;
+        assert!(quiet.is_err(), "the event stream ended or spoke: {quiet:?}");
+        assert_eq!(http::delete(addr, &whep).await.expect("DELETE").status, 200);
         server.shutdown().await;
     })
     .await;
