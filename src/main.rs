@@ -111,6 +111,7 @@ fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
 
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
+    raise_open_file_limit();
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -154,6 +155,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         server.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Each HTTP connection is a file descriptor, and the common soft limit (1024)
+/// is far below `http.max_connections`: take the hard limit.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 /// Test builds: `SWITCHBOARD_TEST_KILL_SHARD_AFTER_MS` stops shard 0 after that
