@@ -7,6 +7,8 @@
 //! ([`router::forward`]) and writes it to its `Rtc`, whose datagrams the shard sends.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod peer;
