@@ -79,7 +79,8 @@ impl Command {
         match self {
             Command::Accept(request) => Some(request.key),
             Command::Patch { key, .. } | Command::End { key, .. } => Some(*key),
-            Command::WantReplay { viewer, .. } | Command::Replay { viewer, .. } => Some(*viewer),
+            // (A `WantReplay`'s viewer lives on another shard: nothing to charge here.)
+            Command::Replay { viewer, .. } => Some(*viewer),
             #[cfg(feature = "fault-injection")]
             Command::Fault(Fault::PanicInCommand(key)) => Some(*key),
             _ => None,
@@ -89,7 +90,7 @@ impl Command {
     /// What the inbox may do with it when it is full (see `handle.rs`).
     pub fn class(&self) -> CommandClass {
         match self {
-            Command::Media(_) => CommandClass::Media,
+            Command::Media(_) | Command::WantKeyframe { .. } => CommandClass::Media,
             Command::Accept(_) | Command::Patch { .. } => CommandClass::Request,
             _ => CommandClass::Control,
         }
@@ -99,7 +100,8 @@ impl Command {
 /// How a full inbox treats a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandClass {
-    /// Packets from another shard: dropped when the inbox is full (the
+    /// Packets from another shard, and keyframe requests relayed for its
+    /// viewers (a hint, repeated if needed): dropped when the inbox is full (the
     /// viewers' NACKs and keyframe requests repair the loss).
     Media,
     /// A new offer or a PATCH from HTTP: refused when the inbox is full (the

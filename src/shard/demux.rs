@@ -38,7 +38,8 @@ pub enum Route {
     Drop(DropReason),
 }
 
-/// Why a datagram was dropped: a metric label, so a bounded set.
+/// Why a datagram was dropped: a metric label, so a bounded set. The
+/// discriminants index [`DropReason::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// Not STUN, and its source is not bound to any session.
@@ -70,6 +71,7 @@ impl DropReason {
     ];
 
     pub fn as_str(self) -> &'static str {
+        debug_assert_eq!(DropReason::ALL[self as usize], self);
         match self {
             DropReason::UnknownSource => "unknown_source",
             DropReason::MalformedStun => "malformed_stun",
@@ -205,15 +207,18 @@ impl Demux {
         self.by_ufrag.insert(ufrag.to_string(), key);
     }
 
-    /// Binds `path` to the session, after its `Rtc` accepted a check from there.
-    /// An address bound to another session moves (the client reused a port); the
-    /// session's oldest address is forgotten beyond the cap. Returns whether the
-    /// address was new for this session.
+    /// Binds `path` to the session, after its `Rtc` accepted a check from there
+    /// (call it on every accepted check). An address bound to another session
+    /// moves (the client reused a port); beyond the cap, the session's address
+    /// checked least recently is forgotten: the path in use is checked every few
+    /// seconds, so it stays. Returns whether the address was new for this session.
     pub fn bind(&mut self, key: PeerKey, path: Path) -> bool {
         let Some(routes) = self.sessions.get_mut(&key) else {
             return false;
         };
-        if routes.addrs.contains(&path) {
+        if let Some(i) = routes.addrs.iter().position(|a| *a == path) {
+            let fresh = routes.addrs.remove(i);
+            routes.addrs.push(fresh); // most recently checked last
             return false;
         }
         if routes.addrs.len() >= MAX_ADDRS_PER_SESSION {
@@ -398,10 +403,16 @@ mod tests {
             demux.bind(PeerKey(1), addr(port));
         }
         assert_eq!(demux.table_sizes(), (MAX_ADDRS_PER_SESSION, 1, 1));
-        assert_eq!(
-            demux.addrs_of(PeerKey(1))[0],
-            addr(100 - MAX_ADDRS_PER_SESSION as u16)
-        );
+        // A path checked again is the last to go.
+        let kept = addr(100 - MAX_ADDRS_PER_SESSION as u16);
+        assert!(!demux.bind(PeerKey(1), kept));
+        demux.bind(PeerKey(1), addr(500));
+        assert!(demux.addrs_of(PeerKey(1)).contains(&kept));
+        // The one checked least recently went instead.
+        assert!(!demux
+            .addrs_of(PeerKey(1))
+            .contains(&addr(101 - MAX_ADDRS_PER_SESSION as u16)));
+        assert_eq!(demux.table_sizes(), (MAX_ADDRS_PER_SESSION, 1, 1));
         demux.remove_session(PeerKey(1));
         assert_eq!(demux.table_sizes(), (0, 0, 0));
     }

@@ -65,6 +65,8 @@ const REPLAY_TICK: Duration = Duration::from_millis(2);
 /// Datagrams read from one socket per loop turn: a flood on one port cannot
 /// starve commands, timers and the other sockets.
 const READ_BUDGET: usize = 256;
+/// Why a session whose offer's HTTP request stopped waiting is ended.
+const OFFER_GAVE_UP: &str = "the offer's HTTP request gave up waiting";
 /// Commands handled per loop turn, for the same reason.
 const COMMAND_BUDGET: usize = 1024;
 
@@ -141,6 +143,10 @@ impl Shard {
             .name(format!("shard-{index}"))
             .spawn(move || {
                 let _alive = AliveGuard(self.shared.clone());
+                let dropped_by = DropReason::ALL
+                    .iter()
+                    .map(|r| metrics.datagrams_dropped.with_label_values(&[r.as_str()]))
+                    .collect();
                 let socket_count = self.sockets.sockets.len();
                 let mut state = ShardLoop {
                     index,
@@ -168,6 +174,7 @@ impl Shard {
                     last_pace: Instant::now(),
                     sends: SendBatch::new(),
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+                    dropped_by,
                     dying: false,
                     #[cfg(feature = "fault-injection")]
                     pending_fault: None,
@@ -209,6 +216,9 @@ struct ShardLoop {
     /// Datagrams to send at the end of this loop turn.
     sends: SendBatch,
     next_housekeeping: Instant,
+    /// `udp_datagrams_dropped_total` by [`DropReason`] (its discriminant),
+    /// resolved once: a flood is counted without a label lookup per datagram.
+    dropped_by: Vec<prometheus::IntCounter>,
     /// Set when the loop must not restart after its next panic (test builds).
     dying: bool,
     #[cfg(feature = "fault-injection")]
@@ -307,8 +317,10 @@ impl ShardLoop {
         for key in keys {
             self.abandon(key, "the media shard restarted after an internal error");
         }
+        // The router keeps what other shards told it (their publishers and
+        // viewer counts, which nobody would send again); this shard's own entries
+        // went with its sessions above.
         self.demux.clear();
-        self.router = Router::new(self.index, self.shards.len());
         self.timers = Timers::default();
         self.queue.clear();
         self.events.clear();
@@ -373,6 +385,12 @@ impl ShardLoop {
         self.queue.retain(|k| *k != key);
         self.replaying.retain(|k| *k != key);
         if let Some(peer) = peer {
+            let _ = catch_unwind(AssertUnwindSafe(|| match peer.role {
+                Role::Publisher => {
+                    self.router.publisher_left(&peer.room, key);
+                }
+                Role::Viewer => self.router.remove_local_viewer(&peer.room, key),
+            }));
             self.registry.remove_session(key, &peer.room, peer.role);
             self.registry.remember_ended(key, &peer.room, peer.role);
             // Leaking is safer than running a drop that may panic again.
@@ -474,10 +492,9 @@ impl ShardLoop {
     }
 
     fn dropped(&self, reason: DropReason) {
-        self.metrics
-            .datagrams_dropped
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        if let Some(counter) = self.dropped_by.get(reason as usize) {
+            counter.inc();
+        }
     }
 
     // ---- commands from HTTP and other shards ---------------------------------
@@ -494,7 +511,21 @@ impl ShardLoop {
                 return false;
             }
             let session = command.session();
-            self.guarded("command", session, |s| s.handle_command(command));
+            let replay_for = match &command {
+                Command::WantReplay { viewer, shard, .. } => Some((*viewer, *shard)),
+                _ => None,
+            };
+            let handled = self.guarded("command", session, |s| s.handle_command(command));
+            if let (None, Some((viewer, shard))) = (handled, replay_for) {
+                // The viewer on the other shard waits for a replay: an empty one
+                // lets it start on the next keyframe instead.
+                if let Some(handle) = self.shards.get(shard) {
+                    handle.send(Command::Replay {
+                        viewer,
+                        packets: Vec::new(),
+                    });
+                }
+            }
         }
         true
     }
@@ -681,7 +712,7 @@ impl ShardLoop {
             .inc();
         if reply.send(Ok(answer)).is_err() {
             // Nobody will ever learn this session's URL or answer.
-            self.end_peer(key, "the offer's HTTP request gave up waiting");
+            self.end_peer(key, OFFER_GAVE_UP);
         }
     }
 
@@ -718,7 +749,12 @@ impl ShardLoop {
         let held_seat = peer.role == Role::Publisher
             && self.registry.room(&peer.room).and_then(|r| r.publisher) == Some(key);
         self.registry.remove_session(key, &peer.room, peer.role);
-        if reason != DELETED_BY_CLIENT {
+        // Remembered so the client's later DELETE answers 200; a client that
+        // deleted it, or never learnt its URL, will not ask.
+        if reason != DELETED_BY_CLIENT
+            && reason != OFFER_GAVE_UP
+            && !reason.starts_with("the offer's HTTP request")
+        {
             self.registry.remember_ended(key, &peer.room, peer.role);
         }
         let room = peer.room.clone();
@@ -864,8 +900,20 @@ impl ShardLoop {
                 }
             }
             PeerEvent::KeyframeWanted => {
-                if let Some(room) = self.peers.get(&key).map(|p| p.room.clone()) {
-                    self.ask_keyframe(key, &room, Instant::now());
+                // A viewer's PLIs/FIRs are forwarded at most once per interval:
+                // each would otherwise be a command to the publisher's shard.
+                let now = Instant::now();
+                let interval = self.keyframe_request_interval;
+                let room = self
+                    .peers
+                    .get(&key)
+                    .filter(|p| {
+                        p.keyframe_asked
+                            .is_none_or(|at| now.saturating_duration_since(at) >= interval)
+                    })
+                    .map(|p| p.room.clone());
+                if let Some(room) = room {
+                    self.ask_keyframe(key, &room, now);
                 }
             }
             PeerEvent::Gone(why) => {
@@ -1004,19 +1052,24 @@ impl ShardLoop {
         let budget = ((elapsed.as_secs_f64() * REPLAY_PACKETS_PER_SECOND) as usize).clamp(1, 64);
         let mut still = Vec::with_capacity(self.replaying.len());
         for key in std::mem::take(&mut self.replaying) {
-            let Some(peer) = self.peers.get_mut(&key) else {
-                continue;
-            };
-            let written = peer.pace_replay(budget);
-            if written > 0 {
-                self.metrics.packets_out.inc_by(written as u64);
-                enqueue(&mut self.queue, peer);
-            }
-            if peer.is_replaying() {
+            // Each viewer's share runs contained: a panic ends that viewer and
+            // the others' replays go on.
+            let more = self.guarded("replay", Some(key), |s| {
+                let Some(peer) = s.peers.get_mut(&key) else {
+                    return false;
+                };
+                let written = peer.pace_replay(budget);
+                if written > 0 {
+                    s.metrics.packets_out.inc_by(written as u64);
+                    enqueue(&mut s.queue, peer);
+                }
+                peer.is_replaying()
+            });
+            if more == Some(true) && self.peers.contains_key(&key) {
                 still.push(key);
             }
         }
-        self.replaying = still;
+        self.replaying.extend(still);
     }
 
     /// A viewer needs a keyframe: ask the room's publisher, wherever it lives.
