@@ -14,15 +14,6 @@ use switchboard::config::Config;
 use switchboard::server::Server;
 use switchboard::shard::Fault;
 
-async fn metrics(server: &Server) -> String {
-    reqwest::get(format!("http://{}/metrics", server.http_addr()))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 fn key_of(viewer: &Viewer) -> switchboard::peer::PeerKey {
     switchboard::peer::PeerKey::parse(session_id(&viewer.session.location)).expect("session id")
 }
@@ -75,7 +66,7 @@ async fn a_panic_writing_to_one_viewer_ends_only_that_viewer() {
         .await
         .expect("the session that panicked is ended");
         keeps_playing(&other, 30).await;
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert_eq!(
             metric(
                 &text,
@@ -110,7 +101,7 @@ async fn a_panic_in_a_command_ends_only_its_session() {
         .await
         .expect("the session charged with the panic is ended");
         keeps_playing(&other, 30).await;
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert_eq!(
             metric(
                 &text,
@@ -160,7 +151,7 @@ async fn a_panic_outside_any_session_restarts_the_shard() {
         .await
         .expect("sessions of the restarted shard are ended");
         keeps_playing(&survivor, 30).await;
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert_eq!(
             metric(&text, "switchboard_shard_restarts_total"),
             1.0,

@@ -7,24 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::rng::Rng;
 use switchboard::fuzzing::{datagram, valid_check, FUZZ_LOCAL_UFRAG};
 use switchboard::shard::demux::{DropReason, Route};
-
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn seeds() -> Vec<Vec<u8>> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/datagram");
@@ -108,7 +93,7 @@ fn seeds_and_their_mutations_never_panic() {
     for seed in &seeds {
         datagram(seed);
     }
-    let mut rng = Rng(0xd47a_6a4d_0000_0011);
+    let mut rng = Rng::new(0xd47a_6a4d_0000_0011);
     let started = Instant::now();
     let mut runs = 0;
     while started.elapsed() < Duration::from_secs(4) && runs < 20_000 {

@@ -12,9 +12,12 @@
 //! `FUZZ_OFFER_BUDGET_MS` (default 3000) and `FUZZ_OFFER_SEED` change the budget and
 //! the generator's seed for a longer or different run.
 
+mod support;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::rng::Rng;
 
 use switchboard::fuzzing::{offer_both_ways, OfferVerdict};
 
@@ -185,27 +188,6 @@ fn env_u64(name: &str) -> Option<u64> {
     match value.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => value.parse().ok(),
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 

@@ -14,15 +14,6 @@ use support::{wait_until, with_timeout, Codecs, PublisherOptions, ViewerOptions}
 use switchboard::config::Config;
 use switchboard::server::Server;
 
-async fn metrics(server: &Server) -> String {
-    reqwest::get(format!("http://{}/metrics", server.http_addr()))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
 /// POSTs a publisher offer that will never connect; returns (session id, our ufrag).
 async fn unconnected_publisher(server: &Server, room: &str) -> (String, String) {
     let mut rtc = support::peer::build_rtc(Codecs::Default);
@@ -70,7 +61,7 @@ async fn the_stun_family_stops_no_shard() {
         let sent = (3 * family.len() * server.media_addrs().len()) as f64;
         // Every datagram was looked at and dropped (none reached a session).
         let dropped = wait_until("the family is read", Duration::from_secs(10), || {
-            let text = futures_block(metrics(&server));
+            let text = futures_block(support::hostile::metrics_text(&server));
             metric_sum(&text, "switchboard_udp_datagrams_dropped_total") >= sent * 0.9
         })
         .await;
@@ -96,7 +87,7 @@ async fn the_stun_family_stops_no_shard() {
             2,
             "sessions landed on every shard: {shards_used:?}"
         );
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert_eq!(
             metric_sum(&text, "switchboard_panics_contained_total"),
             0.0,
@@ -144,7 +135,7 @@ async fn forged_checks_from_many_ports_grow_nothing_and_keep_nothing_alive() {
         );
         // Housekeeping publishes the table sizes every second.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert_eq!(
             metric_sum(&text, "switchboard_media_routes{"),
             0.0,
@@ -185,7 +176,7 @@ async fn an_idle_connected_viewer_is_kept_alive_by_authenticated_checks() {
             "a connected viewer answering checks outlives the reap timeout"
         );
         assert!(viewer.connected());
-        let text = metrics(&server).await;
+        let text = support::hostile::metrics_text(&server).await;
         assert!(
             metric_sum(&text, "switchboard_media_routes{") >= 2.0,
             "its address and ufrag are routed:\n{text}"

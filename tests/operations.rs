@@ -2,6 +2,8 @@
 //! room freed, refused offers are counted by client, configured ICE servers are
 //! advertised, and `check-config` names the key at fault.
 
+mod support;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,15 +27,6 @@ async fn post(server: &Server, path: &str, body: &str, user_agent: &str) -> reqw
         .send()
         .await
         .expect("the server answers")
-}
-
-async fn metrics(server: &Server) -> String {
-    reqwest::get(format!("http://{}/metrics", server.http_addr()))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +59,7 @@ async fn a_session_that_never_connects_is_reaped_and_frees_the_room() {
             .as_u16(),
         201
     );
-    let text = metrics(&server).await;
+    let text = support::hostile::metrics_text(&server).await;
     assert!(
         text.contains("switchboard_sessions_ended_total{role=\"publisher\"} 1"),
         "{text}"
@@ -90,7 +83,7 @@ async fn refused_offers_are_counted_by_client_family() {
     )
     .await;
     assert_eq!(r.status().as_u16(), 400);
-    let text = metrics(&server).await;
+    let text = support::hostile::metrics_text(&server).await;
     assert!(
         text.contains(
             "switchboard_offers_refused_total{client=\"pion\",endpoint=\"whip\",status=\"400\"} 1"

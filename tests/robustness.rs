@@ -2,31 +2,14 @@
 //! truncated and mangled offers on the HTTP side. Afterwards the server still
 //! answers a real offer.
 
+mod support;
+
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use support::rng::Rng;
 use switchboard::config::Config;
 use switchboard::server::Server;
-
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn corpus(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,7 +36,7 @@ async fn junk_datagrams_and_mangled_offers_harm_no_one() {
     let server = Server::start(Config::for_tests())
         .await
         .expect("server starts");
-    let mut rng = Rng(0x5eed_cafe_f00d_0001);
+    let mut rng = Rng::new(0x5eed_cafe_f00d_0001);
 
     // A real session exists while the junk arrives, so junk meets a live peer's
     // tables (and its ufrag in forged STUN).

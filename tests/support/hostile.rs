@@ -142,3 +142,13 @@ pub fn answer_ufrag(answer: &str) -> Option<String> {
 pub fn session_id(location: &str) -> &str {
     location.rsplit('/').next().unwrap_or("")
 }
+
+/// The server's `/metrics` text.
+pub async fn metrics_text(server: &switchboard::server::Server) -> String {
+    reqwest::get(format!("http://{}/metrics", server.http_addr()))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
+}

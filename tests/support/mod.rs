@@ -10,6 +10,7 @@ pub mod http;
 pub mod media;
 pub mod obs;
 pub mod peer;
+pub mod rng;
 pub mod vp8_tag;
 
 use std::future::Future;
