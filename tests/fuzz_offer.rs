@@ -51,14 +51,6 @@ const KNOWN: &[(&str, &str)] = &[
         "found-str0m-pt-locked-fuzzer-min-h264-no-fmtp-vs-pm1.sdp",
         STR0M_PT_TWICE,
     ),
-    (
-        "found-switchboard-answer-pt-102-twice-extra-h264-profile-vs-h265.sdp",
-        ANSWER_PT_TWICE,
-    ),
-    (
-        "found-switchboard-answer-pt-102-twice-fuzzer-min.sdp",
-        ANSWER_PT_TWICE,
-    ),
 ];
 
 /// Failures of known, unfixed bugs that a random mutant may run into, by a
@@ -66,10 +58,7 @@ const KNOWN: &[(&str, &str)] = &[
 /// tolerates them (counted and reported), so that its outcome does not depend
 /// on how many mutants the machine gets through; a seed must not fail unless
 /// it is listed in [`KNOWN`].
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    ("Pt locked multiple times", STR0M_PT_TWICE),
-    ("More than one a=rtp_map:", ANSWER_PT_TWICE),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[("Pt locked multiple times", STR0M_PT_TWICE)];
 
 /// str0m 0.25 panics (`Pt locked multiple times`, format/payload_params.rs:41)
 /// in `accept_offer` when one payload type number stands for two different
@@ -78,14 +67,6 @@ const KNOWN_FAILURES: &[(&str, &str)] = &[
 /// our codecs to that number. Contained by the shard (the offer gets a 400).
 const STR0M_PT_TWICE: &str =
     "str0m: one PT for two codec configurations across m-lines panics in accept_offer";
-
-/// Our codec configuration has two payload types at 102/103: the extra H264
-/// profile 640c1f (src/peer/mod.rs, `with_more_h264_profiles`, which picks
-/// "free" numbers before H265 is enabled) and str0m's H265 (fixed at 102/103).
-/// When the offer lists 102 without either of them taking it, the answer
-/// carries `a=rtpmap:102` twice (H264 and H265): invalid SDP.
-const ANSWER_PT_TWICE: &str =
-    "our H264 640c1f and H265 share PT 102/103; the answer can list rtpmap:102 twice";
 
 fn seed_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/offer")

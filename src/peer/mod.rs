@@ -650,13 +650,16 @@ fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcCon
         config = match codec {
             Codec::Vp8 => config.enable_vp8(true),
             Codec::Vp9 => config.enable_vp9(true),
-            Codec::H264 => with_more_h264_profiles(config.enable_h264(true)),
+            Codec::H264 => config.enable_h264(true),
             Codec::H265 => config.enable_h265(true),
             Codec::Av1 => config.enable_av1(true),
             _ => config,
         };
     }
-    config
+    // After every codec is enabled: the extra profiles take payload types no
+    // other codec uses (str0m's H265 has fixed ones; taken before it was
+    // enabled, 102/103 were claimed twice and the answer could list 102 twice).
+    with_more_h264_profiles(config)
         // A few hundred ms of video is all a NACK can still use; the default (1000+
         // packets) is most of a viewer's memory.
         .set_send_buffer_video(300)
