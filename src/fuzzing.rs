@@ -37,6 +37,27 @@ impl OfferVerdict {
     pub fn is_accepted(&self) -> bool {
         matches!(self, OfferVerdict::Accepted { .. })
     }
+
+    /// What is wrong with this verdict, if anything: a refusal must be a 400 or
+    /// 413 with a reason, an answer must be SDP that str0m itself parses back
+    /// (a client could not use it otherwise). Checked by the fuzz target and the
+    /// property tests alike.
+    pub fn broken(&self) -> Option<String> {
+        match self {
+            OfferVerdict::Refused { status, reason } => {
+                if *status != 400 && *status != 413 {
+                    return Some(format!("refused with {status}, not 400/413: {reason}"));
+                }
+                if reason.trim().is_empty() {
+                    return Some("refused without a reason".to_string());
+                }
+                None
+            }
+            OfferVerdict::Accepted { answer } => str0m::change::SdpAnswer::from_sdp_string(answer)
+                .err()
+                .map(|e| format!("our answer does not parse ({e}):\n{answer}")),
+        }
+    }
 }
 
 /// The settings every fuzzed peer is built with, made once per process: one DTLS
