@@ -16,15 +16,7 @@ use switchboard::server::Server;
 
 /// POSTs a publisher offer that will never connect; returns (session id, our ufrag).
 async fn unconnected_publisher(server: &Server, room: &str) -> (String, String) {
-    let mut rtc = support::peer::build_rtc(Codecs::Default);
-    let offer = support::offer_sdp(
-        &mut rtc,
-        &[
-            (MediaKind::Audio, Direction::SendOnly),
-            (MediaKind::Video, Direction::SendOnly),
-        ],
-        false,
-    );
+    let offer = support::publisher_offer();
     let resp = support::http::post(
         server.http_addr(),
         &format!("/whip/{room}"),

@@ -14,30 +14,6 @@ use switchboard::server::Server;
 
 const TEST_LIMIT: Duration = Duration::from_secs(30);
 
-fn publisher_offer() -> String {
-    let mut rtc = support::peer::build_rtc(support::Codecs::Default);
-    offer_sdp(
-        &mut rtc,
-        &[
-            (MediaKind::Audio, Direction::SendOnly),
-            (MediaKind::Video, Direction::SendOnly),
-        ],
-        false,
-    )
-}
-
-fn viewer_offer() -> String {
-    let mut rtc = support::peer::build_rtc(support::Codecs::Default);
-    offer_sdp(
-        &mut rtc,
-        &[
-            (MediaKind::Audio, Direction::RecvOnly),
-            (MediaKind::Video, Direction::RecvOnly),
-        ],
-        false,
-    )
-}
-
 fn lower_detail(problem: &serde_json::Value) -> String {
     problem["detail"]
         .as_str()
@@ -56,8 +32,8 @@ async fn whip_and_whep_success_headers() {
         let server = server().await;
         let addr = server.http_addr();
         for (path, offer) in [
-            ("/whip/headers", publisher_offer()),
-            ("/whep/headers", viewer_offer()),
+            ("/whip/headers", support::publisher_offer()),
+            ("/whep/headers", support::viewer_offer()),
         ] {
             let resp = http::request(
                 reqwest::Method::POST,
@@ -145,8 +121,8 @@ async fn wrong_content_type_is_415() {
         let server = server().await;
         let addr = server.http_addr();
         for (path, offer) in [
-            ("/whip/ct", publisher_offer()),
-            ("/whep/ct", viewer_offer()),
+            ("/whip/ct", support::publisher_offer()),
+            ("/whep/ct", support::viewer_offer()),
         ] {
             for ct in ["text/plain", "application/json"] {
                 let resp = http::post(addr, path, ct, offer.clone())
@@ -281,7 +257,7 @@ async fn second_publisher_in_room_is_409() {
             server.http_addr(),
             "/whip/busy",
             "application/sdp",
-            publisher_offer(),
+            support::publisher_offer(),
         )
         .await
         .expect("POST");
@@ -291,7 +267,7 @@ async fn second_publisher_in_room_is_409() {
             server.http_addr(),
             "/whip/not-busy",
             "application/sdp",
-            publisher_offer(),
+            support::publisher_offer(),
         )
         .await
         .expect("POST");
@@ -310,7 +286,7 @@ async fn oversized_body_is_413() {
         let limit = config.http.max_body_bytes;
         let server = Server::start(config).await.expect("server starts");
         // A valid offer padded past the limit with extra attribute lines.
-        let mut big = publisher_offer();
+        let mut big = support::publisher_offer();
         while big.len() <= limit {
             big.push_str("a=x-padding:0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
         }

@@ -10,9 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use str0m::media::{Direction, MediaKind};
 use support::http::{self, expect_problem};
-use support::{flow, init_logging, offer_sdp, wait_until, with_timeout, PublisherOptions};
+use support::{flow, init_logging, wait_until, with_timeout, PublisherOptions};
 use switchboard::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -147,30 +146,6 @@ fn expect_answer(outcome: Outcome, what: &str) -> RawResponse {
 }
 
 // ---- offers and the server --------------------------------------------------
-
-fn viewer_offer() -> String {
-    let mut rtc = support::peer::build_rtc(support::Codecs::Default);
-    offer_sdp(
-        &mut rtc,
-        &[
-            (MediaKind::Audio, Direction::RecvOnly),
-            (MediaKind::Video, Direction::RecvOnly),
-        ],
-        false,
-    )
-}
-
-fn publisher_offer() -> String {
-    let mut rtc = support::peer::build_rtc(support::Codecs::Default);
-    offer_sdp(
-        &mut rtc,
-        &[
-            (MediaKind::Audio, Direction::SendOnly),
-            (MediaKind::Video, Direction::SendOnly),
-        ],
-        false,
-    )
-}
 
 /// A reqwest client whose connections come from `local`.
 fn client_from(local: IpAddr) -> reqwest::Client {
@@ -368,9 +343,14 @@ async fn bytes_that_are_not_http_are_answered_or_closed_at_once() {
             assert!(started.elapsed() < AT_ONCE * 2, "{what}");
         }
         // The server is none the worse.
-        let resp = http::post(addr, "/whep/after-junk", "application/sdp", viewer_offer())
-            .await
-            .expect("POST");
+        let resp = http::post(
+            addr,
+            "/whep/after-junk",
+            "application/sdp",
+            support::viewer_offer(),
+        )
+        .await
+        .expect("POST");
         assert_eq!(resp.status, 201, "{:?}", resp.body);
         server.shutdown().await;
     })
@@ -428,7 +408,7 @@ async fn slow_and_idle_clients_are_cut_off_by_the_header_timeout() {
         // it outlives the header timeout.
         let client = client_from("127.0.0.1".parse().unwrap());
         let (status, whep, ..) =
-            post_offer(&client, addr, "/whep/streaming", &viewer_offer()).await;
+            post_offer(&client, addr, "/whep/streaming", &support::viewer_offer()).await;
         assert_eq!(status, 201);
         let mut events = client
             .get(format!("http://{addr}{whep}/events"))
@@ -631,15 +611,15 @@ async fn sessions_past_the_caps_are_503_with_retry_after_until_one_ends() {
         let addr = server.http_addr();
         let a = client_from("127.0.0.1".parse().unwrap());
         let b = client_from("127.0.0.2".parse().unwrap());
-        let offer = viewer_offer();
+        let offer = support::viewer_offer();
 
         // Refused offers hold no slot.
         let (status, ..) = post_offer(&a, addr, "/whep/caps", "not sdp").await;
         assert_eq!(status, 400);
         let (first, first_location, ..) =
-            post_offer(&a, addr, "/whip/caps", &publisher_offer()).await;
+            post_offer(&a, addr, "/whip/caps", &support::publisher_offer()).await;
         assert_eq!(first, 201);
-        let (status, ..) = post_offer(&a, addr, "/whip/caps", &publisher_offer()).await;
+        let (status, ..) = post_offer(&a, addr, "/whip/caps", &support::publisher_offer()).await;
         assert_eq!(status, 409, "the seat is taken; the 409 holds no slot");
 
         // A's second session is its last.
@@ -665,7 +645,7 @@ async fn sessions_past_the_caps_are_503_with_retry_after_until_one_ends() {
         assert_eq!(status, 201);
         let deleted = http::delete(addr, &b_location).await.expect("DELETE");
         assert_eq!(deleted.status, 200);
-        let (status, ..) = post_offer(&b, addr, "/whip/caps", &publisher_offer()).await;
+        let (status, ..) = post_offer(&b, addr, "/whip/caps", &support::publisher_offer()).await;
         assert_eq!(status, 201, "B publishes in the freed seat and slot");
 
         let metrics = http::request(
@@ -695,7 +675,7 @@ async fn sessions_reaped_by_a_shard_free_their_slots() {
         let server = flow::start_server(config).await;
         let addr = server.http_addr();
         let a = client_from("127.0.0.1".parse().unwrap());
-        let offer = viewer_offer();
+        let offer = support::viewer_offer();
         for _ in 0..2 {
             let (status, ..) = post_offer(&a, addr, "/whep/reaped", &offer).await;
             assert_eq!(status, 201);
@@ -720,7 +700,7 @@ async fn post_and_delete_on_many_rooms_leave_no_registry_entries() {
         let server = flow::start_server(Config::for_tests()).await;
         let addr = server.http_addr();
         let client = client_from("127.0.0.1".parse().unwrap());
-        let (publisher, viewer) = (publisher_offer(), viewer_offer());
+        let (publisher, viewer) = (support::publisher_offer(), support::viewer_offer());
         for _ in 0..40 {
             let room = format!("room-{:016x}", rand::random::<u64>());
             let (status, whip, ..) =
@@ -767,7 +747,7 @@ async fn a_live_room_told_to_its_watcher_leaves_no_entries_when_everyone_goes() 
         // The publisher connects (its shard marks the room live) before anyone watches.
         let publisher = flow::publish(&server, "live-room", PublisherOptions::new(1)).await;
         let (status, whep, ..) =
-            post_offer(&client, addr, "/whep/live-room", &viewer_offer()).await;
+            post_offer(&client, addr, "/whep/live-room", &support::viewer_offer()).await;
         assert_eq!(status, 201);
         let mut events = client
             .get(format!("http://{addr}{whep}/events"))

@@ -427,6 +427,32 @@ pub fn offer_sdp(rtc: &mut Rtc, lines: &[(MediaKind, Direction)], channel: bool)
     offer.to_sdp_string()
 }
 
+/// A str0m client's offer to publish audio and video (no peer behind it).
+pub fn publisher_offer() -> String {
+    let mut rtc = peer::build_rtc(Codecs::Default);
+    offer_sdp(
+        &mut rtc,
+        &[
+            (MediaKind::Audio, Direction::SendOnly),
+            (MediaKind::Video, Direction::SendOnly),
+        ],
+        false,
+    )
+}
+
+/// A str0m client's offer to watch audio and video (no peer behind it).
+pub fn viewer_offer() -> String {
+    let mut rtc = peer::build_rtc(Codecs::Default);
+    offer_sdp(
+        &mut rtc,
+        &[
+            (MediaKind::Audio, Direction::RecvOnly),
+            (MediaKind::Video, Direction::RecvOnly),
+        ],
+        false,
+    )
+}
+
 /// Answers an offer directly (no HTTP) with a str0m peer; used by the client's own tests.
 pub fn answer_locally(
     name: &str,
