@@ -37,6 +37,7 @@ impl ShardSockets {
                     ))
                 }
             };
+            enlarge_buffers(&socket);
             let addr = socket.local_addr()?;
             if port == 0 {
                 port = addr.port();
@@ -228,5 +229,21 @@ fn send_chunk(fd: std::os::fd::RawFd, chunk: &[str0m::net::Transmit]) -> std::io
 impl Default for SendBatch {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What we ask the kernel to buffer per media socket, each way. A keyframe burst
+/// for many viewers, or a flood of junk, must not overflow the default ~200 KB
+/// while the shard is busy; the kernel caps it at `net.core.rmem_max`/`wmem_max`.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Best effort: a smaller buffer than asked for is logged, not fatal.
+fn enlarge_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot set SO_RCVBUF");
+    }
+    if let Err(e) = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot set SO_SNDBUF");
     }
 }
