@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     };
     spawn_watchdog(deadline);
     if CryptoProvider::get_default().is_none() {
-        str0m::crypto::from_feature_flags().install_process_default();
+        switchboard::crypto::install();
     }
 
     let started = Instant::now();

@@ -163,7 +163,7 @@ macro_rules! say {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = parse_args();
-    str0m::crypto::from_feature_flags().install_process_default();
+    switchboard::crypto::install();
     match run(args).await {
         Ok(()) => {}
         Err(e) => {

@@ -66,9 +66,7 @@ impl OfferVerdict {
 fn settings() -> &'static PeerSettings {
     static SETTINGS: OnceLock<PeerSettings> = OnceLock::new();
     SETTINGS.get_or_init(|| {
-        str0m::crypto::from_feature_flags().install_process_default();
-        let provider = str0m::config::CryptoProvider::get_default()
-            .expect("the crypto provider was just installed");
+        let provider = crate::crypto::install().expect("the crypto provider was just installed");
         let dtls_cert = provider
             .dtls_provider
             .generate_certificate()

@@ -7,6 +7,7 @@
 //! ([`router::forward`]) and writes it to its `Rtc`, whose datagrams the shard sends.
 
 pub mod config;
+pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -43,9 +43,7 @@ impl Server {
     /// Validates `config`, binds every socket and starts serving. Call inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
-        str0m::crypto::from_feature_flags().install_process_default();
-        let provider =
-            str0m::config::CryptoProvider::get_default().ok_or(StartError::Certificate)?;
+        let provider = crate::crypto::install().ok_or(StartError::Certificate)?;
         // One certificate for the process: generating one per session costs milliseconds.
         let dtls_cert = provider
             .dtls_provider

@@ -53,7 +53,7 @@ pub struct Certs {
 impl Certs {
     pub fn new() -> Self {
         if CryptoProvider::get_default().is_none() {
-            str0m::crypto::from_feature_flags().install_process_default();
+            switchboard::crypto::install();
         }
         let provider = CryptoProvider::get_default().expect("a process-default crypto provider");
         let make = || {
