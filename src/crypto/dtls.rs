@@ -19,10 +19,10 @@ use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::srtp::SrtpProfileId;
 use openssl::ssl::{ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVerifyMode};
-use openssl::x509::{X509, X509NameBuilder};
-use str0m::crypto::CryptoError;
+use openssl::x509::{X509NameBuilder, X509};
 use str0m::crypto::dtls::{DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider};
 use str0m::crypto::dtls::{DtlsVersion, KeyingMaterial, ProtocolVersion, SrtpProfile};
+use str0m::crypto::CryptoError;
 
 /// ECDHE only (forward secrecy), AEAD first; the CBC suites stay for older stacks.
 /// Both certificate kinds: the suite's signature follows the server's certificate.
@@ -189,7 +189,10 @@ impl OpensslDtls {
                     self.read_application_data()
                 }
                 Err(reason) => {
-                    tracing::info!(reason, "DTLS handshake finished without what DTLS-SRTP needs");
+                    tracing::info!(
+                        reason,
+                        "DTLS handshake finished without what DTLS-SRTP needs"
+                    );
                     self.orphaned = std::mem::take(&mut stream.get_mut().to_send);
                     Err(failure(dimpl::CryptoOperation::CompleteKeyExchange))
                 }
@@ -215,7 +218,9 @@ impl OpensslDtls {
         let mut buf = vec![0_u8; READ_BUFFER];
         loop {
             match stream.ssl_read(&mut buf) {
-                Ok(len) => self.events.push_back(Event::ApplicationData(buf[..len].to_vec())),
+                Ok(len) => self
+                    .events
+                    .push_back(Event::ApplicationData(buf[..len].to_vec())),
                 Err(error) if error.code() == ErrorCode::WANT_READ => return Ok(()),
                 Err(error) if error.code() == ErrorCode::ZERO_RETURN => {
                     if !self.close_received {
@@ -293,7 +298,11 @@ impl DtlsInstance for OpensslDtls {
         let Some(stream) = self.stream_mut() else {
             return Err(DtlsImplError::ConnectionClosed);
         };
-        stream.get_mut().push_received(packet);
+        // str0m hands in an empty packet to kick a new client; to OpenSSL an empty
+        // read would be end of stream, so it only drives the state machine.
+        if !packet.is_empty() {
+            stream.get_mut().push_received(packet);
+        }
         match self.stage {
             Stage::Connected(_) => self.read_application_data(),
             _ => self.drive_handshake(),
@@ -464,7 +473,9 @@ fn build_context(cert: &DtlsCert) -> Result<SslContext, ErrorStack> {
     context.set_private_key(&private_key)?;
     context.check_private_key()?;
     // DTLS 1.0 is obsolete (RFC 8996); the MTU comes from str0m, not from a socket.
-    context.set_options(SslOptions::SINGLE_ECDH_USE | SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU);
+    context.set_options(
+        SslOptions::SINGLE_ECDH_USE | SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU,
+    );
     Ok(context.build())
 }
 
@@ -525,5 +536,242 @@ impl DtlsProvider for OpensslDtlsProvider {
         let instance = OpensslDtls::new(&context, mtu, now)
             .map_err(|error| CryptoError::Other(format!("DTLS instance: {error}")))?;
         Ok(Box::new(instance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsa_certificate() -> DtlsCert {
+        let key = PKey::from_rsa(openssl::rsa::Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let mut name = X509NameBuilder::new().expect("name");
+        name.append_entry_by_text("CN", "rsa").expect("cn");
+        let name = name.build();
+        let mut builder = X509::builder().expect("builder");
+        builder.set_version(2).expect("version");
+        builder.set_subject_name(&name).expect("subject");
+        builder.set_issuer_name(&name).expect("issuer");
+        let now = Asn1Time::days_from_now(0).expect("now");
+        let later = Asn1Time::days_from_now(1).expect("later");
+        builder.set_not_before(&now).expect("not before");
+        builder.set_not_after(&later).expect("not after");
+        builder.set_pubkey(&key).expect("pubkey");
+        builder.sign(&key, MessageDigest::sha256()).expect("sign");
+        DtlsCert {
+            certificate: builder.build().to_der().expect("der"),
+            private_key: key.private_key_to_der().expect("key der"),
+        }
+    }
+
+    fn instance(cert: &DtlsCert, now: Instant) -> Box<dyn DtlsInstance> {
+        OpensslDtlsProvider::new()
+            .new_dtls(cert, now, DtlsVersion::Dtls12, Some(1200))
+            .expect("instance")
+    }
+
+    /// Everything `from` has to say: the datagrams it sends and the events it reports.
+    fn drain(from: &mut dyn DtlsInstance) -> (Vec<Vec<u8>>, Vec<String>) {
+        let mut buf = vec![0_u8; 2048];
+        let mut datagrams = Vec::new();
+        let mut events = Vec::new();
+        loop {
+            match from.poll_output(&mut buf) {
+                DtlsOutput::Packet(bytes) => datagrams.push(bytes.to_vec()),
+                DtlsOutput::Timeout(_) => return (datagrams, events),
+                DtlsOutput::PeerCert(der) => events.push(format!("cert {}", der.len())),
+                DtlsOutput::KeyingMaterial(keys, profile) => {
+                    events.push(format!("keys {} {profile}", keys.len()))
+                }
+                DtlsOutput::Connected => events.push("connected".into()),
+                DtlsOutput::ApplicationData(data) => {
+                    events.push(format!("data {}", String::from_utf8_lossy(data)))
+                }
+                other => events.push(format!("{other:?}")),
+            }
+        }
+    }
+
+    /// Runs a handshake between a client with `client_cert` and a server with
+    /// `server_cert`, dropping nothing; returns each side's events.
+    fn handshake(client_cert: &DtlsCert, server_cert: &DtlsCert) -> (Vec<String>, Vec<String>) {
+        let now = Instant::now();
+        let mut client = instance(client_cert, now);
+        let mut server = instance(server_cert, now);
+        client.set_active(true);
+        server.set_active(false);
+        let (mut client_events, mut server_events) = (Vec::new(), Vec::new());
+        for _round in 0..20 {
+            let (to_server, events) = drain(client.as_mut());
+            client_events.extend(events);
+            for datagram in &to_server {
+                server
+                    .handle_packet(datagram)
+                    .expect("server takes the datagram");
+            }
+            let (to_client, events) = drain(server.as_mut());
+            server_events.extend(events);
+            for datagram in &to_client {
+                client
+                    .handle_packet(datagram)
+                    .expect("client takes the datagram");
+            }
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+        }
+        (client_events, server_events)
+    }
+
+    #[test]
+    fn ecdsa_and_rsa_certificates_complete_the_handshake() {
+        let ecdsa = generate_certificate().expect("ecdsa certificate");
+        let rsa = rsa_certificate();
+        for (client, server) in [
+            (&ecdsa, &ecdsa),
+            (&rsa, &ecdsa),
+            (&ecdsa, &rsa),
+            (&rsa, &rsa),
+        ] {
+            let (client_events, server_events) = handshake(client, server);
+            for events in [&client_events, &server_events] {
+                assert_eq!(events.len(), 3, "{events:?}");
+                assert!(events[0].starts_with("cert "), "{events:?}");
+                assert!(events[1].starts_with("keys "), "{events:?}");
+                assert_eq!(events[2], "connected", "{events:?}");
+            }
+            // Both sides export the same keys: same profile, same length.
+            assert_eq!(client_events[1], server_events[1]);
+        }
+    }
+
+    #[test]
+    fn a_lost_client_hello_is_sent_again_when_openssl_s_timer_runs_out() {
+        let cert = generate_certificate().expect("certificate");
+        let start = Instant::now();
+        let mut client = instance(&cert, start);
+        client.set_active(true);
+        let (first, _) = drain(client.as_mut());
+        assert_eq!(first.len(), 1, "one ClientHello");
+        // OpenSSL's first retransmission timer is 1 s of real time.
+        let deadline = start + Duration::from_secs(5);
+        let resent = loop {
+            assert!(Instant::now() < deadline, "no retransmission within 5 s");
+            std::thread::park_timeout(HANDSHAKE_TICK);
+            client.handle_timeout(Instant::now()).expect("timeout");
+            let (datagrams, _) = drain(client.as_mut());
+            if !datagrams.is_empty() {
+                break datagrams;
+            }
+        };
+        // The same ClientHello in a record with the next sequence number (bytes 5..11).
+        assert_eq!(resent.len(), 1);
+        assert_eq!(
+            resent[0][13..],
+            first[0][13..],
+            "the same ClientHello again"
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics_and_a_good_handshake_still_follows() {
+        let cert = generate_certificate().expect("certificate");
+        let now = Instant::now();
+        let mut server = instance(&cert, now);
+        server.set_active(false);
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![22],
+            vec![22, 0xfe, 0xfd],
+            vec![22; 13],
+            vec![0xff; 70_000],
+            // A record header claiming more than is there.
+            vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3],
+        ];
+        for _ in 0..200 {
+            let len = (next() % 300) as usize;
+            let mut datagram: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = datagram.first_mut() {
+                *first = 20 + (*first % 44); // the DTLS content-type range str0m passes on
+            }
+            garbage.push(datagram);
+        }
+        for datagram in &garbage {
+            // An error is fine (the session would end); a panic or a hang is not.
+            let _ = server.handle_packet(datagram);
+            let _ = drain(server.as_mut());
+        }
+        // Garbage to a fresh server, then a real client: the handshake completes.
+        let mut server = instance(&cert, now);
+        server.set_active(false);
+        for datagram in garbage.iter().take(3) {
+            server
+                .handle_packet(datagram)
+                .expect("a short datagram is discarded");
+        }
+        let mut client = instance(&cert, now);
+        client.set_active(true);
+        let mut client_events = Vec::new();
+        for _round in 0..20 {
+            let (to_server, events) = drain(client.as_mut());
+            client_events.extend(events);
+            for datagram in &to_server {
+                let _ = server.handle_packet(datagram);
+            }
+            let (to_client, _) = drain(server.as_mut());
+            for datagram in &to_client {
+                client
+                    .handle_packet(datagram)
+                    .expect("client takes the datagram");
+            }
+        }
+        assert!(
+            client_events.iter().any(|event| event == "connected"),
+            "the handshake completes after the garbage: {client_events:?}"
+        );
+    }
+
+    #[test]
+    fn application_data_flows_both_ways_once_connected() {
+        let cert = generate_certificate().expect("certificate");
+        let now = Instant::now();
+        let mut client = instance(&cert, now);
+        let mut server = instance(&cert, now);
+        assert_eq!(client.send_application_data(b"early").expect("queued"), 0);
+        client.set_active(true);
+        server.set_active(false);
+        for _round in 0..10 {
+            let (to_server, _) = drain(client.as_mut());
+            to_server
+                .iter()
+                .for_each(|d| server.handle_packet(d).expect("server"));
+            let (to_client, _) = drain(server.as_mut());
+            to_client
+                .iter()
+                .for_each(|d| client.handle_packet(d).expect("client"));
+        }
+        assert_eq!(client.send_application_data(b"hello").expect("sent"), 5);
+        let (to_server, _) = drain(client.as_mut());
+        to_server
+            .iter()
+            .for_each(|d| server.handle_packet(d).expect("server"));
+        let (_, events) = drain(server.as_mut());
+        assert!(events.contains(&"data hello".to_string()), "{events:?}");
+
+        client.close().expect("close");
+        let (to_server, _) = drain(client.as_mut());
+        to_server
+            .iter()
+            .for_each(|d| server.handle_packet(d).expect("server"));
+        let (_, events) = drain(server.as_mut());
+        assert!(events.iter().any(|e| e == "CloseNotify"), "{events:?}");
+        assert!(client.is_closed());
     }
 }

@@ -7,7 +7,7 @@ mod dtls;
 
 use str0m::crypto::CryptoProvider;
 
-pub use dtls::{OpensslDtlsProvider, generate_certificate};
+pub use dtls::{generate_certificate, OpensslDtlsProvider};
 
 /// The provider: str0m's aws-lc-rs parts with OpenSSL's DTLS in place of dimpl.
 pub fn provider() -> CryptoProvider {

@@ -24,7 +24,7 @@ use str0m::Rtc;
 pub use check::{check_stream, check_stream_with, Segment, StreamReport, Timestamps};
 pub use media::{Format, Kind, ReceivedPacket, SentPacket, Vp8Descriptor};
 pub use obs::{ObsOptions, ObsPublisher};
-pub use peer::{Codecs, Peer, PeerState, SendConfig};
+pub use peer::{ClientDtls, Codecs, Peer, PeerState, SendConfig};
 
 /// Installs a tracing subscriber once (`RUST_LOG` decides what is shown; nothing by default).
 pub fn init_logging() {
@@ -71,6 +71,7 @@ pub async fn wait_until(
 pub struct PublisherOptions {
     pub send: SendConfig,
     pub codecs: Codecs,
+    pub dtls: ClientDtls,
 }
 
 impl PublisherOptions {
@@ -79,7 +80,13 @@ impl PublisherOptions {
         PublisherOptions {
             send: SendConfig::new(tag),
             codecs: Codecs::Default,
+            dtls: ClientDtls::default(),
         }
+    }
+
+    pub fn dtls(mut self, dtls: ClientDtls) -> Self {
+        self.dtls = dtls;
+        self
     }
 
     pub fn audio_only(mut self) -> Self {
@@ -114,6 +121,7 @@ pub struct ViewerOptions {
     pub audio: bool,
     pub video: bool,
     pub codecs: Codecs,
+    pub dtls: ClientDtls,
 }
 
 impl Default for ViewerOptions {
@@ -122,6 +130,7 @@ impl Default for ViewerOptions {
             audio: true,
             video: true,
             codecs: Codecs::Default,
+            dtls: ClientDtls::default(),
         }
     }
 }
@@ -129,6 +138,11 @@ impl Default for ViewerOptions {
 impl ViewerOptions {
     pub fn codecs(mut self, c: Codecs) -> Self {
         self.codecs = c;
+        self
+    }
+
+    pub fn dtls(mut self, dtls: ClientDtls) -> Self {
+        self.dtls = dtls;
         self
     }
 }
@@ -192,7 +206,16 @@ pub struct PendingPeer {
 impl PendingPeer {
     /// Binds 127.0.0.1:0, adds it as the only candidate and offers one m-line per entry.
     pub fn offer(codecs: Codecs, lines: &[(MediaKind, Direction)]) -> Result<Self, String> {
-        let mut rtc = peer::build_rtc(codecs);
+        Self::offer_with(codecs, ClientDtls::default(), lines)
+    }
+
+    /// [`PendingPeer::offer`] with the DTLS side `dtls`.
+    pub fn offer_with(
+        codecs: Codecs,
+        dtls: ClientDtls,
+        lines: &[(MediaKind, Direction)],
+    ) -> Result<Self, String> {
+        let mut rtc = peer::build_rtc_with(codecs, dtls);
         let socket = peer::bind_loopback(&mut rtc)?;
         let mut api = rtc.sdp_api();
         let mids: Vec<(Mid, MediaKind)> = lines
@@ -234,10 +257,11 @@ async fn negotiate(
     http_addr: SocketAddr,
     path: &str,
     codecs: Codecs,
+    dtls: ClientDtls,
     lines: &[(MediaKind, Direction)],
     send: Option<SendConfig>,
 ) -> Result<(Peer, Session), String> {
-    let pending = PendingPeer::offer(codecs, lines)?;
+    let pending = PendingPeer::offer_with(codecs, dtls, lines)?;
     let offer = pending.offer.clone();
     let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
     if resp.status != 201 {
@@ -280,6 +304,7 @@ impl Publisher {
             http_addr,
             &format!("/whip/{room}"),
             options.codecs,
+            options.dtls,
             &lines,
             Some(options.send.clone()),
         )
@@ -357,6 +382,7 @@ impl Viewer {
             http_addr,
             &format!("/whep/{room}"),
             options.codecs,
+            options.dtls,
             &lines,
             None,
         )

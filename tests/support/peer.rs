@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use str0m::config::DtlsCert;
 use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
@@ -122,12 +123,57 @@ pub fn add_opus_h264(c: &mut CodecConfig, opus_pt: u8, video_pt: u8, profile: u3
     );
 }
 
+/// The DTLS side of a test peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientDtls {
+    /// str0m's own DTLS (dimpl) with an ECDSA certificate, as Chrome and Firefox present.
+    #[default]
+    EcdsaDimpl,
+    /// OpenSSL's DTLS with an RSA-2048 certificate, as GStreamer's webrtcbin presents.
+    RsaOpenssl,
+}
+
+/// A self-signed RSA-2048 certificate, made once per process (RSA keys are slow to make).
+pub fn rsa_certificate() -> DtlsCert {
+    static CERT: OnceLock<DtlsCert> = OnceLock::new();
+    CERT.get_or_init(|| {
+        let make = || -> Result<DtlsCert, openssl::error::ErrorStack> {
+            let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048)?)?;
+            let mut name = openssl::x509::X509NameBuilder::new()?;
+            name.append_entry_by_text("CN", "gstreamer-like")?;
+            let name = name.build();
+            let mut builder = openssl::x509::X509::builder()?;
+            builder.set_version(2)?;
+            builder.set_subject_name(&name)?;
+            builder.set_issuer_name(&name)?;
+            builder.set_not_before(openssl::asn1::Asn1Time::days_from_now(0)?.as_ref())?;
+            builder.set_not_after(openssl::asn1::Asn1Time::days_from_now(1)?.as_ref())?;
+            builder.set_pubkey(&key)?;
+            builder.sign(&key, openssl::hash::MessageDigest::sha256())?;
+            Ok(DtlsCert {
+                certificate: builder.build().to_der()?,
+                private_key: key.private_key_to_der()?,
+            })
+        };
+        make().expect("OpenSSL makes an RSA certificate")
+    })
+    .clone()
+}
+
 /// A str0m `Rtc` in RTP mode offering only Opus and VP8.
 pub fn build_rtc(codecs: Codecs) -> Rtc {
-    let mut cfg = RtcConfig::new()
-        .set_crypto_provider(crypto())
-        .set_rtp_mode(true)
-        .clear_codecs();
+    build_rtc_with(codecs, ClientDtls::EcdsaDimpl)
+}
+
+/// [`build_rtc`] with the DTLS side `dtls`.
+pub fn build_rtc_with(codecs: Codecs, dtls: ClientDtls) -> Rtc {
+    let mut cfg = RtcConfig::new().set_rtp_mode(true).clear_codecs();
+    cfg = match dtls {
+        ClientDtls::EcdsaDimpl => cfg.set_crypto_provider(crypto()),
+        ClientDtls::RsaOpenssl => cfg
+            .set_crypto_provider(Arc::new(switchboard::crypto::provider()))
+            .set_dtls_cert(rsa_certificate()),
+    };
     match codecs {
         Codecs::Default => {
             cfg = cfg.enable_opus(true, false).enable_vp8(true);
