@@ -283,6 +283,7 @@ impl Publisher {
             keyframe,
             vp8,
             arrival: now,
+            wallclock: now,
             audio_level: None,
             voice_activity: None,
             payload,

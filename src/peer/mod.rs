@@ -10,6 +10,7 @@ mod viewer;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
@@ -68,8 +69,8 @@ impl Role {
 pub enum PeerEvent {
     /// ICE and DTLS are up: media can flow.
     Connected,
-    /// A publisher's packet, ready to fan out.
-    Media(MediaPacket),
+    /// A publisher's packet, ready to fan out: shared from here on by every viewer.
+    Media(Arc<MediaPacket>),
     /// A viewer asked for a keyframe (PLI/FIR) or needs one to start.
     KeyframeWanted,
     /// The peer closed the connection or its ICE failed for good.
@@ -403,7 +404,7 @@ impl Peer {
                 // It decrypted: the publisher is there.
                 self.note_alive(packet.timestamp);
                 if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
-                    events.push(PeerEvent::Media(media));
+                    events.push(PeerEvent::Media(Arc::new(media)));
                 }
             }
             Event::KeyframeRequest(_) if self.role == Role::Viewer => {
@@ -633,9 +634,14 @@ fn with_more_h264_profiles(mut config: RtcConfig) -> RtcConfig {
     config
 }
 
+const AUDIO_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcConfig {
     let mut config = RtcConfig::new()
         .set_rtp_mode(true)
+        // Audio sender reports every second, as for video (str0m's default is 5 s):
+        // a new viewer can sync audio and video after one second instead of five.
+        .set_rtcp_report_interval_audio(AUDIO_REPORT_INTERVAL)
         .set_dtls_cert(settings.dtls_cert.clone())
         .clear_codecs()
         .enable_opus(true, false);

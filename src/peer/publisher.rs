@@ -10,6 +10,7 @@ use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
 use str0m::Rtc;
 
 use super::negotiated;
+use crate::router::clock::{PublisherClock, StreamClock};
 use crate::router::keyframe::starts_keyframe;
 use crate::router::simulcast;
 use crate::router::{MediaPacket, RoomId};
@@ -24,6 +25,8 @@ pub struct PublisherSide {
     codecs: Vec<(Pt, CodecSpec)>,
     streams: Vec<IncomingStream>,
     last_keyframe_request: Option<Instant>,
+    /// The publisher's capture clock, shared by its streams (lip sync).
+    clock: PublisherClock,
 }
 
 /// One m-line the client sends on: a track, maybe in several simulcast layers.
@@ -46,6 +49,8 @@ struct IncomingStream {
     kind: MediaKind,
     /// RTP timestamp of the last picture that started a keyframe.
     last_keyframe_ts: Option<u32>,
+    /// Its RTP time to capture time mapping, from its sender reports.
+    clock: StreamClock,
 }
 
 impl PublisherSide {
@@ -92,13 +97,25 @@ impl PublisherSide {
                 self.streams.len() - 1
             }
         };
-        let stream = self.streams[index];
         let pt = packet.header.payload_type;
         let codec = self
             .codecs
             .iter()
             .find(|(p, _)| *p == pt)
             .map(|(_, spec)| *spec)?;
+        let stream = &mut self.streams[index];
+        if let Some(report) = &packet.last_sender_info {
+            // The extended RTP time, cut back to the 32 bits on the wire.
+            stream
+                .clock
+                .observe(report.ntp_time, report.rtp_time.numer() as u32);
+        }
+        let wallclock = stream.clock.wallclock(
+            &mut self.clock,
+            packet.header.timestamp,
+            codec.clock_rate.get(),
+            packet.timestamp,
+        );
         let vp8 = match codec.codec {
             Codec::Vp8 => Vp8Descriptor::parse(&packet.payload).ok(),
             _ => None,
@@ -114,7 +131,7 @@ impl PublisherSide {
         let timestamp = packet.header.timestamp;
         let keyframe = starts && stream.last_keyframe_ts != Some(timestamp);
         if keyframe {
-            self.streams[index].last_keyframe_ts = Some(timestamp);
+            stream.last_keyframe_ts = Some(timestamp);
         }
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
@@ -130,6 +147,7 @@ impl PublisherSide {
             keyframe,
             vp8,
             arrival: packet.timestamp,
+            wallclock,
             audio_level: packet.header.ext_vals.audio_level,
             voice_activity: packet.header.ext_vals.voice_activity,
             payload: Arc::clone(&packet.payload),
@@ -151,6 +169,7 @@ impl PublisherSide {
             layer: simulcast::rank(rid.as_deref(), &media.rids),
             kind: media.kind,
             last_keyframe_ts: None,
+            clock: StreamClock::default(),
         };
         tracing::debug!(%ssrc, %mid, ?rid, layer = stream.layer, source = stream.source, "new incoming stream");
         self.streams.push(stream);

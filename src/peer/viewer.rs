@@ -3,7 +3,7 @@
 //! itself is shared, never copied.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::format::CodecSpec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -161,12 +161,22 @@ impl ViewerSide {
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
             Err(Drop::BeforeSwitch) => return WriteOutcome::Skipped,
         };
+        // The capture moment str0m builds this stream's sender reports from (lip sync).
+        let mut wallclock = packet.wallclock;
         if let Some(s) = squeeze {
             // Where the newest cached picture lands, minus this picture's place before it.
             let newest_out = out
                 .timestamp
                 .wrapping_add(s.newest_ts.wrapping_sub(packet.timestamp));
             out.timestamp = newest_out.wrapping_sub(s.back);
+            // On the newest picture's mapping line too, so the reports do not jump.
+            let back = Duration::from_secs_f64(
+                f64::from(s.back) / f64::from(packet.codec.clock_rate.get().max(1)),
+            );
+            wallclock = s
+                .newest_wallclock
+                .checked_sub(back)
+                .unwrap_or(s.newest_wallclock);
         }
         let mut api = rtc.direct_api();
         let Some(stream) = api.stream_tx(&slot.ssrc) else {
@@ -182,7 +192,7 @@ impl ViewerSide {
             pt,
             out.seq.into(),
             out.timestamp,
-            arrival,
+            wallclock,
             Arc::clone(&packet.payload),
         )
         .marker(packet.marker)
@@ -204,6 +214,7 @@ impl ViewerSide {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Squeeze {
     newest_ts: u32,
+    newest_wallclock: Instant,
     back: u32,
 }
 
@@ -230,6 +241,7 @@ pub fn plan_replay(packets: &[Arc<MediaPacket>]) -> Vec<(Arc<MediaPacket>, Optio
             let step = packet.codec.clock_rate.get() / 1000;
             let squeeze = Squeeze {
                 newest_ts: newest.timestamp,
+                newest_wallclock: newest.wallclock,
                 back: frames_before_newest.saturating_mul(step),
             };
             (Arc::clone(packet), Some(squeeze))

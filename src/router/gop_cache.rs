@@ -101,6 +101,7 @@ pub(crate) mod tests {
             keyframe,
             vp8: None,
             arrival: Instant::now(),
+            wallclock: Instant::now(),
             audio_level: None,
             voice_activity: None,
             payload: vec![0u8; size].into(),

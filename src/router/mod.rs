@@ -6,6 +6,7 @@
 //! allocation, payload shared), handed to every local viewer of the room, and sent
 //! as one `Arc` to every other shard that has viewers of the room.
 
+pub mod clock;
 pub mod forward;
 pub mod gop_cache;
 pub mod keyframe;
@@ -47,6 +48,9 @@ pub struct MediaPacket {
     /// The VP8 payload descriptor, parsed once here for every viewer's rewrite.
     pub vp8: Option<str0m::rtp::Vp8Descriptor>,
     pub arrival: Instant,
+    /// When it was captured, by the publisher's sender reports, on the server's clock
+    /// (see [`clock`]): what viewers' sender reports are built from, for lip sync.
+    pub wallclock: Instant,
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
     pub payload: Arc<[u8]>,

@@ -880,7 +880,6 @@ impl ShardLoop {
     fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
         match event {
             PeerEvent::Media(packet) => {
-                let packet = Arc::new(packet);
                 self.metrics.packets_in.inc();
                 self.router.cache(&packet, self.keyframe_cache_bytes);
                 self.fan_out_local(&packet);

@@ -286,6 +286,9 @@ pub struct SentPacket {
     pub pt: u8,
     pub payload: Arc<[u8]>,
     pub at: Instant,
+    /// When it was captured, on the sender's schedule (its sender reports say so):
+    /// the frame's or audio packet's due time, minus any `video_capture_lag`.
+    pub captured: Instant,
 }
 
 /// One RTP packet a peer received (`Event::RtpPacket`).

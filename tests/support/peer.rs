@@ -19,6 +19,7 @@ use str0m::crypto::CryptoProvider;
 use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::rtcp::SenderInfo;
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -167,7 +168,11 @@ pub fn build_rtc(codecs: Codecs) -> Rtc {
 
 /// [`build_rtc`] with the DTLS side `dtls`.
 pub fn build_rtc_with(codecs: Codecs, dtls: ClientDtls) -> Rtc {
-    let mut cfg = RtcConfig::new().set_rtp_mode(true).clear_codecs();
+    let mut cfg = RtcConfig::new()
+        .set_rtp_mode(true)
+        // Sender reports on audio every second, as on video (lip sync tests).
+        .set_rtcp_report_interval_audio(Duration::from_secs(1))
+        .clear_codecs();
     cfg = match dtls {
         ClientDtls::EcdsaDimpl => cfg.set_crypto_provider(crypto()),
         ClientDtls::RsaOpenssl => cfg
@@ -249,6 +254,9 @@ pub struct SendConfig {
     pub picture_id_start: u16,
     /// Frames per second (30 by default).
     pub fps: u32,
+    /// How long before it is sent each video frame was captured (an encoder delay),
+    /// as this peer's sender reports state it; audio is sent as it is captured.
+    pub video_capture_lag: Duration,
     /// How the video is encoded (VP8 by default; H264 as OBS sends it).
     pub video_format: Format,
     /// Simulcast: the rids of the layers, best first, each written on the stream
@@ -279,6 +287,7 @@ impl SendConfig {
             audio_ts_start: 0xfff0_0000u32.wrapping_add(tag.wrapping_mul(7_000_001)),
             picture_id_start: 0x7ff0u16.wrapping_add(tag as u16) & 0x7fff,
             fps: 30,
+            video_capture_lag: Duration::ZERO,
             video_format: Format::Vp8,
             layers: Vec::new(),
             lose_first_keyframe: false,
@@ -337,6 +346,8 @@ pub struct PeerState {
     pub datagrams_received: usize,
     /// Datagrams sent on the socket.
     pub datagrams_sent: usize,
+    /// RTCP sender reports received: the m-line, when, and what the report said.
+    pub sender_reports: Vec<(String, Instant, SenderInfo)>,
 }
 
 impl PeerState {
@@ -699,6 +710,13 @@ impl Driver {
                     }
                 }
             }
+            Event::SenderFeedback(feedback) => {
+                let mid = feedback.mid.to_string();
+                let at = feedback.received_at;
+                self.state()
+                    .sender_reports
+                    .push((mid, at, feedback.sender_info));
+            }
             Event::RtpPacket(p) => {
                 let ssrc = p.header.ssrc;
                 let mid = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
@@ -866,6 +884,7 @@ impl Driver {
                 pt: *pt,
                 payload,
                 at: now,
+                captured: due,
             });
             gen.audio_counter += 1;
             gen.audio_seq += 1;
@@ -907,6 +926,7 @@ impl Driver {
                     pt: *pt,
                     payload,
                     at: now,
+                    captured: due.checked_sub(gen.cfg.video_capture_lag).unwrap_or(due),
                 });
                 gen.video_seq += 1;
             }
@@ -964,6 +984,7 @@ impl Driver {
                         pt: *pt,
                         payload,
                         at: now,
+                        captured: due.checked_sub(gen.cfg.video_capture_lag).unwrap_or(due),
                     });
                     gen.layer_seq[layer] += 1;
                 }
@@ -979,9 +1000,10 @@ impl Driver {
             let Some(tx) = direct.stream_tx_by_mid(mid, rid) else {
                 continue;
             };
-            let mut write = RtpWrite::new(pt, p.seq.into(), p.timestamp, p.at, p.payload.clone())
-                .marker(p.marker)
-                .nackable(true);
+            let mut write =
+                RtpWrite::new(pt, p.seq.into(), p.timestamp, p.captured, p.payload.clone())
+                    .marker(p.marker)
+                    .nackable(true);
             if every_packet {
                 write = write.ext_vals(ExtensionValues {
                     mid: Some(mid),
@@ -1000,8 +1022,9 @@ impl Driver {
             return;
         };
         for p in packets {
+            // str0m's sender reports map RTP time to this wallclock: the capture time.
             tx.write_rtp(
-                RtpWrite::new(pt, p.seq.into(), p.timestamp, p.at, p.payload.clone())
+                RtpWrite::new(pt, p.seq.into(), p.timestamp, p.captured, p.payload.clone())
                     .marker(p.marker)
                     .nackable(p.kind == Kind::Video),
             );
