@@ -284,8 +284,7 @@ impl Publisher {
             vp8,
             arrival: now,
             wallclock: now,
-            audio_level: None,
-            voice_activity: None,
+            extensions: Default::default(),
             payload,
         };
         self.seq += 1;

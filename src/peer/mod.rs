@@ -20,6 +20,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::net::Transmit;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
+use crate::router::extensions;
 use crate::router::{MediaPacket, RoomId};
 pub use publisher::PublisherSide;
 use viewer::Squeeze;
@@ -665,9 +666,14 @@ fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcCon
     // After every codec is enabled: the extra profiles take payload types no
     // other codec uses (str0m's H265 has fixed ones; taken before it was
     // enabled, 102/103 were claimed twice and the answer could list 102 twice).
-    with_more_h264_profiles(config)
+    let mut config = with_more_h264_profiles(config)
         // A few hundred ms of video is all a NACK can still use; the default (1000+
         // packets) is most of a viewer's memory.
         .set_send_buffer_video(300)
-        .set_send_buffer_audio(50)
+        .set_send_buffer_audio(50);
+    // Beyond str0m's standard extensions: those a viewer needs as the publisher sent them.
+    for (id, extension) in extensions::NEGOTIATED {
+        config = config.set_extension(id, extension);
+    }
+    config
 }

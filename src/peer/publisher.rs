@@ -11,6 +11,7 @@ use str0m::Rtc;
 
 use super::negotiated;
 use crate::router::clock::{PublisherClock, StreamClock};
+use crate::router::extensions::ForwardedExtensions;
 use crate::router::keyframe::starts_keyframe;
 use crate::router::simulcast;
 use crate::router::{MediaPacket, RoomId};
@@ -148,8 +149,7 @@ impl PublisherSide {
             vp8,
             arrival: packet.timestamp,
             wallclock,
-            audio_level: packet.header.ext_vals.audio_level,
-            voice_activity: packet.header.ext_vals.voice_activity,
+            extensions: ForwardedExtensions::from_received(&packet.header.ext_vals),
             payload: Arc::clone(&packet.payload),
         })
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use str0m::format::CodecSpec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
+use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::Rtc;
 
 use super::negotiated;
@@ -182,11 +182,6 @@ impl ViewerSide {
         let Some(stream) = api.stream_tx(&slot.ssrc) else {
             return WriteOutcome::Skipped;
         };
-        let ext_vals = ExtensionValues {
-            audio_level: packet.audio_level,
-            voice_activity: packet.voice_activity,
-            ..Default::default()
-        };
         tracing::trace!(seq = out.seq, kind = ?packet.kind, in_seq = packet.seq, "rtp out");
         let mut write = RtpWrite::new(
             pt,
@@ -196,7 +191,7 @@ impl ViewerSide {
             Arc::clone(&packet.payload),
         )
         .marker(packet.marker)
-        .ext_vals(ext_vals)
+        .ext_vals(packet.extensions.to_write())
         .nackable(packet.kind == MediaKind::Video);
         if let Some(patch) = packet
             .vp8

@@ -102,8 +102,7 @@ pub(crate) mod tests {
             vp8: None,
             arrival: Instant::now(),
             wallclock: Instant::now(),
-            audio_level: None,
-            voice_activity: None,
+            extensions: Default::default(),
             payload: vec![0u8; size].into(),
         })
     }

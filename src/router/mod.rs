@@ -7,6 +7,7 @@
 //! as one `Arc` to every other shard that has viewers of the room.
 
 pub mod clock;
+pub mod extensions;
 pub mod forward;
 pub mod gop_cache;
 pub mod keyframe;
@@ -51,8 +52,8 @@ pub struct MediaPacket {
     /// When it was captured, by the publisher's sender reports, on the server's clock
     /// (see [`clock`]): what viewers' sender reports are built from, for lip sync.
     pub wallclock: Instant,
-    pub audio_level: Option<i8>,
-    pub voice_activity: Option<bool>,
+    /// The header extensions that describe the media, as the publisher sent them.
+    pub extensions: extensions::ForwardedExtensions,
     pub payload: Arc<[u8]>,
 }
 

@@ -307,6 +307,8 @@ pub struct ReceivedPacket {
     pub marker: bool,
     pub payload: Arc<[u8]>,
     pub at: Instant,
+    /// The header extension values str0m parsed.
+    pub extensions: str0m::rtp::ExtensionValues,
 }
 
 impl ReceivedPacket {

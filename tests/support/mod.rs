@@ -122,6 +122,9 @@ pub struct ViewerOptions {
     pub video: bool,
     pub codecs: Codecs,
     pub dtls: ClientDtls,
+    /// Header extension URIs left out of the offer, as a client that does not
+    /// know them would.
+    pub unsupported_extensions: Vec<&'static str>,
 }
 
 impl Default for ViewerOptions {
@@ -131,6 +134,7 @@ impl Default for ViewerOptions {
             video: true,
             codecs: Codecs::Default,
             dtls: ClientDtls::default(),
+            unsupported_extensions: Vec::new(),
         }
     }
 }
@@ -260,9 +264,19 @@ async fn negotiate(
     dtls: ClientDtls,
     lines: &[(MediaKind, Direction)],
     send: Option<SendConfig>,
+    unsupported_extensions: &[&str],
 ) -> Result<(Peer, Session), String> {
     let pending = PendingPeer::offer_with(codecs, dtls, lines)?;
-    let offer = pending.offer.clone();
+    let offer = pending
+        .offer
+        .split_inclusive('\n')
+        .filter(|line| {
+            !(line.starts_with("a=extmap:")
+                && unsupported_extensions
+                    .iter()
+                    .any(|uri| line.trim_end().ends_with(uri)))
+        })
+        .collect::<String>();
     let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
     if resp.status != 201 {
         return Err(format!(
@@ -307,6 +321,7 @@ impl Publisher {
             options.dtls,
             &lines,
             Some(options.send.clone()),
+            &[],
         )
         .await?;
         Ok(Publisher {
@@ -385,6 +400,7 @@ impl Viewer {
             options.dtls,
             &lines,
             None,
+            &options.unsupported_extensions,
         )
         .await?;
         Ok(Viewer {

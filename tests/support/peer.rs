@@ -20,7 +20,7 @@ use str0m::format::{Codec, CodecConfig, FormatParams};
 use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::rtcp::SenderInfo;
-use str0m::rtp::{ExtensionValues, RtpWrite};
+use str0m::rtp::{Extension, ExtensionValues, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use super::media::{
@@ -173,6 +173,15 @@ pub fn build_rtc_with(codecs: Codecs, dtls: ClientDtls) -> Rtc {
         // Sender reports on audio every second, as on video (lip sync tests).
         .set_rtcp_report_interval_audio(Duration::from_secs(1))
         .clear_codecs();
+    // As a browser: offer the media-describing extensions beyond str0m's standard
+    // set, on ids of our own (Chrome's for playout delay), not the server's.
+    for (id, extension) in [
+        (12, Extension::PlayoutDelay),
+        (9, Extension::VideoContentType),
+        (14, Extension::AbsoluteCaptureTime),
+    ] {
+        cfg = cfg.set_extension(id, extension);
+    }
     cfg = match dtls {
         ClientDtls::EcdsaDimpl => cfg.set_crypto_provider(crypto()),
         ClientDtls::RsaOpenssl => cfg
@@ -270,6 +279,11 @@ pub struct SendConfig {
     pub mid_rid_on_every_packet: bool,
     /// Set the marker bit on every audio packet (OBS) rather than on the first.
     pub audio_marker_always: bool,
+    /// Header extension values written on every video packet (orientation,
+    /// playout delay, ...): written only where the answer agreed to them.
+    pub video_extensions: ExtensionValues,
+    /// Header extension values written on every audio packet (audio level).
+    pub audio_extensions: ExtensionValues,
 }
 
 impl SendConfig {
@@ -293,6 +307,8 @@ impl SendConfig {
             lose_first_keyframe: false,
             mid_rid_on_every_packet: false,
             audio_marker_always: false,
+            video_extensions: ExtensionValues::default(),
+            audio_extensions: ExtensionValues::default(),
         }
     }
 
@@ -739,6 +755,7 @@ impl Driver {
                     marker: p.header.marker,
                     payload: p.payload.clone(),
                     at: p.timestamp,
+                    extensions: p.header.ext_vals.clone(),
                 });
             }
             _ => {}
@@ -994,29 +1011,35 @@ impl Driver {
         }
         gen.next_video = Some(due);
         let every_packet = gen.cfg.mid_rid_on_every_packet;
+        let extensions = gen.cfg.video_extensions.clone();
         let mut direct = self.rtc.direct_api();
         for p in &written {
             let rid = p.rid.as_deref().map(Rid::from);
             let Some(tx) = direct.stream_tx_by_mid(mid, rid) else {
                 continue;
             };
-            let mut write =
-                RtpWrite::new(pt, p.seq.into(), p.timestamp, p.captured, p.payload.clone())
-                    .marker(p.marker)
-                    .nackable(true);
+            let mut values = extensions.clone();
             if every_packet {
-                write = write.ext_vals(ExtensionValues {
-                    mid: Some(mid),
-                    rid,
-                    ..Default::default()
-                });
+                values.mid = Some(mid);
+                values.rid = rid;
             }
+            let write = RtpWrite::new(pt, p.seq.into(), p.timestamp, p.captured, p.payload.clone())
+                .marker(p.marker)
+                .nackable(true)
+                .ext_vals(values);
             tx.write_rtp(write);
         }
         self.state().sent_video.extend(written);
     }
 
     fn write(&mut self, mid: Mid, pt: Pt, packets: &[SentPacket]) {
+        let (video_extensions, audio_extensions) = match &self.gen {
+            Some(gen) => (
+                gen.cfg.video_extensions.clone(),
+                gen.cfg.audio_extensions.clone(),
+            ),
+            None => Default::default(),
+        };
         let mut direct = self.rtc.direct_api();
         let Some(tx) = direct.stream_tx_by_mid(mid, None) else {
             return;
@@ -1026,7 +1049,11 @@ impl Driver {
             tx.write_rtp(
                 RtpWrite::new(pt, p.seq.into(), p.timestamp, p.captured, p.payload.clone())
                     .marker(p.marker)
-                    .nackable(p.kind == Kind::Video),
+                    .nackable(p.kind == Kind::Video)
+                    .ext_vals(match p.kind {
+                        Kind::Video => video_extensions.clone(),
+                        Kind::Audio => audio_extensions.clone(),
+                    }),
             );
         }
     }
