@@ -238,6 +238,20 @@ impl PendingPeer {
         })
     }
 
+    /// Leaves the header extensions named by `uris` out of the offer text, as a
+    /// client that does not know them would.
+    pub fn without_extensions(mut self, uris: &[&str]) -> Self {
+        self.offer = self
+            .offer
+            .split_inclusive('\n')
+            .filter(|line| {
+                !(line.starts_with("a=extmap:")
+                    && uris.iter().any(|uri| line.trim_end().ends_with(uri)))
+            })
+            .collect();
+        self
+    }
+
     /// Applies the answer and starts the peer thread.
     pub fn accept(
         mut self,
@@ -255,28 +269,15 @@ impl PendingPeer {
     }
 }
 
-/// Offer with the given m-lines, POST to `path`, apply the answer, spawn the thread.
+/// POST `pending`'s offer to `path`, apply the answer, spawn the thread.
 async fn negotiate(
     name: &str,
     http_addr: SocketAddr,
     path: &str,
-    codecs: Codecs,
-    dtls: ClientDtls,
-    lines: &[(MediaKind, Direction)],
+    pending: PendingPeer,
     send: Option<SendConfig>,
-    unsupported_extensions: &[&str],
 ) -> Result<(Peer, Session), String> {
-    let pending = PendingPeer::offer_with(codecs, dtls, lines)?;
-    let offer = pending
-        .offer
-        .split_inclusive('\n')
-        .filter(|line| {
-            !(line.starts_with("a=extmap:")
-                && unsupported_extensions
-                    .iter()
-                    .any(|uri| line.trim_end().ends_with(uri)))
-        })
-        .collect::<String>();
+    let offer = pending.offer.clone();
     let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
     if resp.status != 201 {
         return Err(format!(
@@ -317,11 +318,8 @@ impl Publisher {
             &name,
             http_addr,
             &format!("/whip/{room}"),
-            options.codecs,
-            options.dtls,
-            &lines,
+            PendingPeer::offer_with(options.codecs, options.dtls, &lines)?,
             Some(options.send.clone()),
-            &[],
         )
         .await?;
         Ok(Publisher {
@@ -396,11 +394,9 @@ impl Viewer {
             "viewer",
             http_addr,
             &format!("/whep/{room}"),
-            options.codecs,
-            options.dtls,
-            &lines,
+            PendingPeer::offer_with(options.codecs, options.dtls, &lines)?
+                .without_extensions(&options.unsupported_extensions),
             None,
-            &options.unsupported_extensions,
         )
         .await?;
         Ok(Viewer {
