@@ -107,9 +107,14 @@ impl PublisherSide {
         let stream = &mut self.streams[index];
         if let Some(report) = &packet.last_sender_info {
             // The extended RTP time, cut back to the 32 bits on the wire.
-            stream
-                .clock
-                .observe(report.ntp_time, report.rtp_time.numer() as u32);
+            stream.clock.observe(
+                &mut self.clock,
+                report.ntp_time,
+                report.rtp_time.numer() as u32,
+                packet.header.timestamp,
+                codec.clock_rate.get(),
+                packet.timestamp,
+            );
         }
         let wallclock = stream.clock.wallclock(
             &mut self.clock,
