@@ -103,7 +103,7 @@ fn av1_starts_keyframe(payload: &[u8]) -> bool {
 
 /// The units of an aggregation packet: each preceded by a big-endian length of
 /// `len_bytes` bytes. Stops quietly at a malformed length.
-fn aggregated_units(mut data: &[u8], len_bytes: usize) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn aggregated_units(mut data: &[u8], len_bytes: usize) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         if data.len() < len_bytes {
             return None;

@@ -6,12 +6,16 @@
 //! allocation, payload shared), handed to every local viewer of the room, and sent
 //! as one `Arc` to every other shard that has viewers of the room.
 
+pub mod bitrate;
 pub mod clock;
 pub mod extensions;
 pub mod forward;
 pub mod gop_cache;
 pub mod keyframe;
+pub mod layer_select;
+pub mod layers;
 pub mod payload_type;
+pub mod resolution;
 pub mod simulcast;
 pub mod vp8;
 

@@ -1,0 +1,260 @@
+//! A published video track's simulcast layers as every shard sees them: whether
+//! each runs, its bitrate and its picture size. Written only by the publisher's
+//! shard as packets arrive, read by any shard whose viewers choose a layer, through
+//! relaxed atomics: no lock, and a reader at worst sees a value one packet old.
+//!
+//! A layer is one rid of the m-line (one stream, if the track is not simulcast); a
+//! new SSRC for the same rid is the same layer. A layer with no packet for
+//! [`STOPPED_AFTER`] is not available: viewers on it move to one that runs.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::layer_select::LayerView;
+use super::resolution::Resolution;
+
+/// A layer with no packet for this long has stopped.
+pub const STOPPED_AFTER: Duration = Duration::from_millis(1000);
+
+/// The most layers a track has (rids beyond it are not received as layers).
+pub const MAX_LAYERS: usize = 4;
+
+#[derive(Debug)]
+pub struct TrackLayers {
+    layers: Box<[SharedLayer]>,
+}
+
+#[derive(Debug)]
+struct SharedLayer {
+    rid: Option<Box<str>>,
+    hint_rank: u8,
+    /// Milliseconds since [`epoch`] of the last packet, plus one (0: none yet).
+    last_packet: AtomicU64,
+    bitrate_bps: AtomicU64,
+    /// Width << 32 | height from the last keyframe that stated one (0: unknown).
+    resolution: AtomicU64,
+    /// Milliseconds since [`epoch`] of the last keyframe, plus one (0: none yet).
+    last_keyframe: AtomicU64,
+    /// Keyframes seen, to tell a fresh one from the last.
+    keyframes: AtomicU32,
+}
+
+/// A layer's state at one moment, for events and the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerState {
+    pub index: u8,
+    pub rid: Option<String>,
+    pub available: bool,
+    pub bitrate_bps: u64,
+    pub resolution: Option<Resolution>,
+}
+
+impl TrackLayers {
+    /// The layers of a track with these rids and convention ranks, in offer order
+    /// (one unnamed layer when `rids` is empty).
+    pub fn new(rids: &[(String, u8)]) -> Self {
+        let layer = |rid: Option<Box<str>>, hint_rank: u8| SharedLayer {
+            rid,
+            hint_rank,
+            last_packet: AtomicU64::new(0),
+            bitrate_bps: AtomicU64::new(0),
+            resolution: AtomicU64::new(0),
+            last_keyframe: AtomicU64::new(0),
+            keyframes: AtomicU32::new(0),
+        };
+        let layers: Box<[SharedLayer]> = if rids.is_empty() {
+            vec![layer(None, 0)].into()
+        } else {
+            rids.iter()
+                .take(MAX_LAYERS)
+                .map(|(rid, rank)| layer(Some(rid.as_str().into()), *rank))
+                .collect()
+        };
+        TrackLayers { layers }
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Whether the track has more than one layer to choose from.
+    pub fn is_simulcast(&self) -> bool {
+        self.layers.len() > 1
+    }
+
+    /// The layer index of `rid`.
+    pub fn index_of(&self, rid: &str) -> Option<u8> {
+        self.layers
+            .iter()
+            .position(|l| l.rid.as_deref() == Some(rid))
+            .map(|i| i as u8)
+    }
+
+    /// The publisher's shard: a packet of layer `index` arrived at `now`, the layer
+    /// now measures `bitrate_bps`, and a keyframe stated `resolution`.
+    pub fn record(
+        &self,
+        index: u8,
+        now: Instant,
+        bitrate_bps: u64,
+        keyframe: bool,
+        resolution: Option<Resolution>,
+    ) {
+        let Some(layer) = self.layers.get(usize::from(index)) else {
+            return;
+        };
+        let at = millis(now) + 1;
+        layer.last_packet.store(at, Ordering::Relaxed);
+        layer.bitrate_bps.store(bitrate_bps, Ordering::Relaxed);
+        if keyframe {
+            layer.last_keyframe.store(at, Ordering::Relaxed);
+            layer.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(r) = resolution {
+            let packed = (u64::from(r.width) << 32) | u64::from(r.height);
+            layer.resolution.store(packed, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether layer `index` had a packet within [`STOPPED_AFTER`] of `now`.
+    pub fn is_available(&self, index: u8, now: Instant) -> bool {
+        self.layers
+            .get(usize::from(index))
+            .is_some_and(|l| running(l, now))
+    }
+
+    /// How long ago layer `index`'s last keyframe arrived.
+    pub fn keyframe_age(&self, index: u8, now: Instant) -> Option<Duration> {
+        let layer = self.layers.get(usize::from(index))?;
+        let at = layer.last_keyframe.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(Duration::from_millis(millis(now).saturating_sub(at)))
+    }
+
+    /// Every layer as a selector sees it at `now`.
+    pub fn views(&self, now: Instant) -> Vec<LayerView> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(index, l)| LayerView {
+                index: index as u8,
+                available: running(l, now),
+                bitrate_bps: if running(l, now) {
+                    l.bitrate_bps.load(Ordering::Relaxed)
+                } else {
+                    0
+                },
+                resolution: resolution(l),
+                hint_rank: l.hint_rank,
+            })
+            .collect()
+    }
+
+    /// Every layer's state at `now`, for events and the API.
+    pub fn states(&self, now: Instant) -> Vec<LayerState> {
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(index, l)| LayerState {
+                index: index as u8,
+                rid: l.rid.as_deref().map(str::to_string),
+                available: running(l, now),
+                bitrate_bps: if running(l, now) {
+                    l.bitrate_bps.load(Ordering::Relaxed)
+                } else {
+                    0
+                },
+                resolution: resolution(l),
+            })
+            .collect()
+    }
+}
+
+fn running(layer: &SharedLayer, now: Instant) -> bool {
+    match layer.last_packet.load(Ordering::Relaxed).checked_sub(1) {
+        Some(at) => millis(now).saturating_sub(at) < STOPPED_AFTER.as_millis() as u64,
+        None => false,
+    }
+}
+
+fn resolution(layer: &SharedLayer) -> Option<Resolution> {
+    let packed = layer.resolution.load(Ordering::Relaxed);
+    let (width, height) = ((packed >> 32) as u32, packed as u32);
+    (width > 0 && height > 0).then_some(Resolution { width, height })
+}
+
+/// The instant every stored time counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        // An hour back, so test instants a little before "now" still count.
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
+/// `now` in milliseconds since [`epoch`] (0 for anything before it).
+fn millis(now: Instant) -> u64 {
+    now.saturating_duration_since(epoch()).as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rids() -> Vec<(String, u8)> {
+        vec![("q".into(), 2), ("h".into(), 1), ("f".into(), 0)]
+    }
+
+    #[test]
+    fn a_layer_runs_while_packets_come_and_stops_a_second_after_the_last() {
+        let layers = TrackLayers::new(&rids());
+        let t0 = Instant::now();
+        assert!(!layers.is_available(2, t0), "no packet yet");
+        layers.record(2, t0, 1_500_000, true, None);
+        assert!(layers.is_available(2, t0 + Duration::from_millis(999)));
+        assert!(!layers.is_available(2, t0 + Duration::from_millis(1001)));
+        let views = layers.views(t0 + Duration::from_millis(1001));
+        assert_eq!(views[2].bitrate_bps, 0, "a stopped layer carries nothing");
+        layers.record(2, t0 + Duration::from_millis(1500), 800_000, false, None);
+        assert!(layers.is_available(2, t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn sizes_and_keyframes_are_kept_per_layer() {
+        let layers = TrackLayers::new(&rids());
+        let t0 = Instant::now();
+        let size = Resolution {
+            width: 1280,
+            height: 720,
+        };
+        layers.record(2, t0, 1_000_000, true, Some(size));
+        layers.record(2, t0 + Duration::from_millis(40), 1_000_000, false, None);
+        let views = layers.views(t0 + Duration::from_millis(40));
+        assert_eq!(views[2].resolution, Some(size));
+        assert_eq!(views[0].resolution, None);
+        assert_eq!(views[2].hint_rank, 0);
+        assert_eq!(
+            layers.keyframe_age(2, t0 + Duration::from_millis(300)),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(layers.keyframe_age(1, t0), None);
+        assert_eq!(layers.index_of("h"), Some(1));
+        assert_eq!(layers.index_of("x"), None);
+        // Out of range indices are ignored.
+        layers.record(9, t0, 1, true, Some(size));
+        assert!(!layers.is_available(9, t0));
+    }
+
+    #[test]
+    fn a_track_without_rids_is_one_layer_and_rids_beyond_the_limit_are_dropped() {
+        assert_eq!(TrackLayers::new(&[]).len(), 1);
+        assert!(!TrackLayers::new(&[]).is_simulcast());
+        let many: Vec<(String, u8)> = (0..9).map(|i| (i.to_string(), i)).collect();
+        assert_eq!(TrackLayers::new(&many).len(), MAX_LAYERS);
+    }
+}
