@@ -15,6 +15,7 @@ use str0m::rtp::Vp8Descriptor;
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 use switchboard::peer::{Peer, PeerEvent, PeerKey, PeerSettings, Role};
+use switchboard::router::layers::TrackLayers;
 use switchboard::router::{MediaPacket, RoomId};
 
 /// The shard's (pretend) media socket.
@@ -224,6 +225,7 @@ pub struct Publisher {
     timestamp: u32,
     picture_id: u16,
     sent: u64,
+    layers: Arc<TrackLayers>,
 }
 
 impl Publisher {
@@ -245,6 +247,7 @@ impl Publisher {
             timestamp: 90_000,
             picture_id: 0x1234,
             sent: 0,
+            layers: Arc::new(TrackLayers::new(&[])),
         }
     }
 
@@ -276,6 +279,7 @@ impl Publisher {
             source: 7,
             track: 7,
             layer: 0,
+            layers: Arc::clone(&self.layers),
             codec: self.codec,
             seq: self.seq,
             timestamp: self.timestamp,

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::format::Codec;
@@ -179,7 +180,12 @@ impl Peer {
             )));
         }
         let credentials = credentials::random_ice_credentials();
-        let mut rtc = rtc_config(settings, preferred_video)
+        let mut config = rtc_config(settings, preferred_video);
+        if role == Role::Viewer {
+            // The estimate each viewer's simulcast layer is chosen by (TWCC).
+            config = config.enable_bwe(Some(Bitrate::bps(VIEWER_INITIAL_ESTIMATE_BPS)));
+        }
+        let mut rtc = config
             .set_local_ice_credentials(credentials.clone())
             .build(now);
         for candidate in &settings.local_candidates {
@@ -411,17 +417,32 @@ impl Peer {
             Event::KeyframeRequest(_) if self.role == Role::Viewer => {
                 events.push(PeerEvent::KeyframeWanted);
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+                if self.role == Role::Viewer =>
+            {
+                self.viewer.set_estimate(estimate.as_u64());
+            }
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
             _ => {}
         }
     }
 
-    /// Asks the publisher for a keyframe on its video tracks, at most once per
-    /// `interval` per track.
-    pub fn request_keyframe(&mut self, now: Instant, interval: Duration) -> bool {
+    /// Asks the publisher for a keyframe on its video streams (those of one
+    /// `(track, layer)` if given), at most once per `interval` per stream.
+    pub fn request_keyframe(
+        &mut self,
+        layer: Option<(u64, u8)>,
+        now: Instant,
+        interval: Duration,
+    ) -> bool {
         self.guard("keyframe request", |peer| {
-            peer.publisher
-                .request_keyframe(&mut peer.rtc, now, interval, KeyframeRequestKind::Pli)
+            peer.publisher.request_keyframe(
+                &mut peer.rtc,
+                layer,
+                now,
+                interval,
+                KeyframeRequestKind::Pli,
+            )
         })
         .unwrap_or(false)
     }
@@ -536,6 +557,11 @@ impl Peer {
 /// Remote ICE candidates one session may give (offer and trickle together).
 /// Real clients give a handful; each one is a destination of our checks.
 pub const MAX_REMOTE_CANDIDATES: usize = 64;
+
+/// Where a viewer's bandwidth estimate starts: a layer up to this fits at once (a
+/// viewer that cannot carry it moves down within a round trip or two of feedback),
+/// and probing takes it higher.
+pub const VIEWER_INITIAL_ESTIMATE_BPS: u64 = 2_000_000;
 
 fn count_candidates(sdp: &str) -> usize {
     sdp.lines()

@@ -10,9 +10,12 @@ use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
 use str0m::Rtc;
 
 use super::negotiated;
+use crate::router::bitrate::BitrateMeter;
 use crate::router::clock::{PublisherClock, StreamClock};
 use crate::router::extensions::ForwardedExtensions;
 use crate::router::keyframe::starts_keyframe;
+use crate::router::layers::TrackLayers;
+use crate::router::resolution::keyframe_resolution;
 use crate::router::simulcast;
 use crate::router::{MediaPacket, RoomId};
 
@@ -20,12 +23,16 @@ use crate::router::{MediaPacket, RoomId};
 /// (on a keyframe) whenever the source id of its packets changes.
 static NEXT_SOURCE: AtomicU64 = AtomicU64::new(1);
 
+/// Bytes a forwarded packet costs on a viewer's link beyond its payload (RTP
+/// header and extensions, SRTP tag, UDP and IPv4 headers): layer bitrates are
+/// compared with bandwidth estimates that count whole packets.
+const RTP_OVERHEAD: usize = 50;
+
 #[derive(Debug, Default)]
 pub struct PublisherSide {
     media: Vec<PublishedMedia>,
     codecs: Vec<(Pt, CodecSpec)>,
     streams: Vec<IncomingStream>,
-    last_keyframe_request: Option<Instant>,
     /// The publisher's capture clock, shared by its streams (lip sync).
     clock: PublisherClock,
 }
@@ -37,17 +44,22 @@ struct PublishedMedia {
     kind: MediaKind,
     /// Unique in this process; a viewer's slot sticks to one track.
     track: u64,
-    /// The rids offered for it (empty without simulcast).
-    rids: Vec<String>,
+    /// Its layers as every viewer's shard sees them.
+    layers: Arc<TrackLayers>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct IncomingStream {
     ssrc: Ssrc,
     source: u64,
     track: u64,
+    /// Its layer: the index of its rid in the track's (0 without simulcast).
     layer: u8,
     kind: MediaKind,
+    layers: Arc<TrackLayers>,
+    meter: BitrateMeter,
+    /// When a keyframe was last asked of this stream.
+    last_keyframe_request: Option<Instant>,
     /// RTP timestamp of the last picture that started a keyframe.
     last_keyframe_ts: Option<u32>,
     /// Its RTP time to capture time mapping, from its sender reports.
@@ -67,11 +79,16 @@ impl PublisherSide {
                     self.codecs.push((pt, spec));
                 }
             }
+            let ranked: Vec<(String, u8)> = media
+                .rids_rx
+                .iter()
+                .map(|rid| (rid.clone(), simulcast::rank(Some(rid), &media.rids_rx)))
+                .collect();
             self.media.push(PublishedMedia {
                 mid: media.mid,
                 kind: media.kind,
                 track: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
-                rids: media.rids_rx,
+                layers: Arc::new(TrackLayers::new(&ranked)),
             });
         }
     }
@@ -139,6 +156,23 @@ impl PublisherSide {
         if keyframe {
             stream.last_keyframe_ts = Some(timestamp);
         }
+        // What the layer carries, for every viewer's choice of layer.
+        let arrival = packet.timestamp;
+        stream
+            .meter
+            .add(packet.payload.len() + RTP_OVERHEAD, arrival);
+        let resolution = if starts {
+            keyframe_resolution(codec.codec, &packet.payload)
+        } else {
+            None
+        };
+        stream.layers.record(
+            stream.layer,
+            arrival,
+            stream.meter.bps(arrival),
+            keyframe,
+            resolution,
+        );
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
@@ -146,6 +180,7 @@ impl PublisherSide {
             source: stream.source,
             track: stream.track,
             layer: stream.layer,
+            layers: Arc::clone(&stream.layers),
             codec,
             seq: *packet.seq_no,
             timestamp: packet.header.timestamp,
@@ -159,7 +194,9 @@ impl PublisherSide {
         })
     }
 
-    fn learn_stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<IncomingStream> {
+    /// A new SSRC: a new stream of one of the m-lines. A layer's new stream
+    /// replaces the old one (the client restarted its encoder).
+    fn learn_stream(&mut self, rtc: &mut Rtc, ssrc: Ssrc) -> Option<()> {
         let (mid, rid) = {
             let mut api = rtc.direct_api();
             let rx = api.stream_rx(&ssrc)?;
@@ -167,45 +204,56 @@ impl PublisherSide {
         };
         let media = self.media.iter().find(|m| m.mid == mid)?;
         let rid = rid.map(|r| r.to_string());
+        let layer = match &rid {
+            Some(rid) => media.layers.index_of(rid)?,
+            None => 0,
+        };
         let stream = IncomingStream {
             ssrc,
             source: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
             track: media.track,
-            layer: simulcast::rank(rid.as_deref(), &media.rids),
+            layer,
             kind: media.kind,
+            layers: Arc::clone(&media.layers),
+            meter: BitrateMeter::new(Instant::now()),
+            last_keyframe_request: None,
             last_keyframe_ts: None,
             clock: StreamClock::default(),
         };
-        tracing::debug!(%ssrc, %mid, ?rid, layer = stream.layer, source = stream.source, "new incoming stream");
+        tracing::debug!(%ssrc, %mid, ?rid, layer, source = stream.source, "new incoming stream");
+        self.streams
+            .retain(|s| !(s.track == stream.track && s.layer == stream.layer));
         self.streams.push(stream);
-        Some(stream)
+        Some(())
     }
 
-    /// Sends a PLI on every video stream, unless one was sent less than
-    /// `interval` ago. Returns whether a request went out.
+    /// Sends a PLI on the video streams of `layer` (every layer with `None`),
+    /// each at most once per `interval`. Returns whether a request went out.
     pub fn request_keyframe(
         &mut self,
         rtc: &mut Rtc,
+        layer: Option<(u64, u8)>,
         now: Instant,
         interval: Duration,
         kind: KeyframeRequestKind,
     ) -> bool {
-        if self
-            .last_keyframe_request
-            .is_some_and(|at| now.saturating_duration_since(at) < interval)
-        {
-            return false;
-        }
         let mut sent = false;
         let mut api = rtc.direct_api();
-        for stream in self.streams.iter().filter(|s| s.kind == MediaKind::Video) {
+        for stream in self.streams.iter_mut().filter(|s| {
+            s.kind == MediaKind::Video
+                && layer.is_none_or(|(track, layer)| s.track == track && s.layer == layer)
+        }) {
+            if stream
+                .last_keyframe_request
+                .is_some_and(|at| now.saturating_duration_since(at) < interval)
+            {
+                continue;
+            }
             if let Some(rx) = api.stream_rx(&stream.ssrc) {
                 rx.request_keyframe(kind);
+                stream.last_keyframe_request = Some(now);
                 sent = true;
             }
-        }
-        if sent {
-            self.last_keyframe_request = Some(now);
         }
         sent
     }

@@ -12,13 +12,26 @@ use str0m::Rtc;
 
 use super::negotiated;
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
+use crate::router::layer_select::{Preference, UP_HEADROOM};
+use crate::router::layer_switch::{Admit, LayerSwitch};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
 
 #[derive(Debug, Default)]
 pub struct ViewerSide {
     slots: Vec<Slot>,
+    /// The viewer's bandwidth estimate (str0m's TWCC estimate), bits per second.
+    estimate_bps: Option<u64>,
+    /// What the viewer asked for on simulcast tracks (the WHEP layer API).
+    preference: Preference,
+    /// A keyframe of this track's layer is wanted for a switch: the shard takes it.
+    keyframe_wish: Option<(u64, u8)>,
+    /// The desired bitrate last given to str0m's estimator (it probes towards it).
+    desired_bps: Option<u64>,
 }
+
+/// What the viewer's audio is reckoned to take of its bandwidth estimate.
+const AUDIO_SHARE_BPS: u64 = 64_000;
 
 /// One outgoing m-line of the viewer and what it currently shows.
 #[derive(Debug)]
@@ -31,10 +44,11 @@ struct Slot {
     /// The last codec mapped and the viewer's payload type for it.
     mapped: Option<(CodecSpec, Pt)>,
     vp8: Vp8Rewriter,
-    /// The publisher track shown, and the layer of it being forwarded.
+    /// The publisher track shown.
     track: Option<u64>,
-    layer: u8,
     forwarder: Option<Forwarder>,
+    /// Which simulcast layer of the track it forwards, and when it switches.
+    layers: LayerSwitch,
 }
 
 /// What happened to a packet offered to a viewer.
@@ -70,8 +84,8 @@ impl ViewerSide {
                 mapped: None,
                 vp8: Vp8Rewriter::default(),
                 track: None,
-                layer: 0,
                 forwarder: None,
+                layers: LayerSwitch::default(),
             });
         }
     }
@@ -87,6 +101,7 @@ impl ViewerSide {
             if let Some(f) = &mut slot.forwarder {
                 f.clear_source();
             }
+            slot.layers.stop_forwarding();
         }
     }
 
@@ -96,7 +111,31 @@ impl ViewerSide {
             if let Some(f) = &mut slot.forwarder {
                 f.clear_source();
             }
+            slot.layers = LayerSwitch::default();
         }
+    }
+
+    /// The viewer's bandwidth estimate changed.
+    pub fn set_estimate(&mut self, bps: u64) {
+        self.estimate_bps = Some(bps);
+    }
+
+    /// The viewer asked for a layer, a cap, or automatic choice.
+    pub fn set_preference(&mut self, preference: Preference) {
+        self.preference = preference;
+    }
+
+    /// A keyframe wanted for a layer switch: (track, layer), once per wish.
+    pub fn take_keyframe_wish(&mut self) -> Option<(u64, u8)> {
+        self.keyframe_wish.take()
+    }
+
+    /// The simulcast layer forwarded and the one chosen, on the video slot.
+    pub fn video_layers(&self) -> Option<(Option<u8>, Option<u8>)> {
+        self.slots
+            .iter()
+            .find(|s| s.kind == MediaKind::Video)
+            .map(|s| (s.layers.forwarding(), s.layers.target()))
     }
 
     /// Writes a packet, its timestamp moved by `squeeze` (a replayed one).
@@ -126,16 +165,32 @@ impl ViewerSide {
                 packet.codec.clock_rate.get(),
             )
         });
-        // A slot sticks to one track until its publisher leaves; within it, it
-        // moves to a better simulcast layer on that layer's keyframe.
+        // A slot sticks to one track until its publisher leaves; within a
+        // simulcast track, it forwards the layer chosen for this viewer.
         if slot.track.is_some_and(|t| t != packet.track) {
             return WriteOutcome::Skipped;
         }
-        if forwarder.source().is_some_and(|s| s != packet.source) {
-            if packet.layer < slot.layer && packet.keyframe {
-                forwarder.clear_source();
-            } else {
-                return WriteOutcome::Skipped;
+        if packet.layers.is_simulcast() {
+            let now = Instant::now();
+            let estimate = self.estimate_bps.map(|e| e.saturating_sub(AUDIO_SHARE_BPS));
+            let admit = slot.layers.admit(
+                &packet.layers,
+                packet.layer,
+                packet.keyframe,
+                estimate,
+                self.preference,
+                now,
+            );
+            if let Some(layer) = slot.layers.take_keyframe_wish() {
+                self.keyframe_wish = Some((packet.track, layer));
+            }
+            if slot.layers.evaluated_at(now) {
+                want_probing(rtc, &mut self.desired_bps, &packet.layers, now);
+            }
+            match admit {
+                Admit::Skip => return WriteOutcome::Skipped,
+                Admit::Switch => forwarder.clear_source(),
+                Admit::Forward => {}
             }
         }
         // A replayed packet stands for "now": its timestamp is squeezed towards the
@@ -155,7 +210,6 @@ impl ViewerSide {
         let mut out = match forwarder.forward(&meta) {
             Ok(out) => {
                 slot.track = Some(packet.track);
-                slot.layer = packet.layer;
                 out
             }
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
@@ -202,6 +256,33 @@ impl ViewerSide {
         }
         stream.write_rtp(write);
         WriteOutcome::Written
+    }
+}
+
+/// Tells str0m's estimator what the track could use, so it probes towards it (with
+/// padding) and a viewer whose estimate started low can climb to the best layer.
+fn want_probing(
+    rtc: &mut Rtc,
+    desired: &mut Option<u64>,
+    layers: &crate::router::layers::TrackLayers,
+    now: Instant,
+) {
+    let best = layers
+        .views(now)
+        .iter()
+        .filter(|l| l.available)
+        .map(|l| l.bitrate_bps)
+        .max()
+        .unwrap_or(0);
+    let wanted = (best as f64 * UP_HEADROOM) as u64 + AUDIO_SHARE_BPS;
+    // Only a change of more than a tenth is worth telling.
+    let changed = desired.is_none_or(|d| wanted.abs_diff(d) * 10 > d);
+    if best > 0 && changed {
+        *desired = Some(wanted);
+        rtc.bwe().set_bitrate(
+            str0m::bwe::Bitrate::bps(0),
+            str0m::bwe::Bitrate::bps(wanted),
+        );
     }
 }
 

@@ -89,6 +89,7 @@ pub(crate) mod tests {
             source: 1,
             track: 1,
             layer: 0,
+            layers: Arc::new(crate::router::layers::TrackLayers::new(&[])),
             codec: CodecSpec {
                 codec: Codec::Vp8,
                 clock_rate: Frequency::NINETY_KHZ,

@@ -65,6 +65,13 @@ impl LayerSelector {
         self.current
     }
 
+    /// Takes `layer` as the current choice (the one the viewer started on); the
+    /// next [`LayerSelector::choose`] moves on from it.
+    pub fn adopt(&mut self, layer: u8) {
+        self.current = Some(layer);
+        self.better_since = None;
+    }
+
     /// Chooses the layer to send now. `estimate_bps` is the viewer's bandwidth
     /// estimate for this track (`None` before there is one: the best layer).
     pub fn choose(

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod gop_cache;
 pub mod keyframe;
 pub mod layer_select;
+pub mod layer_switch;
 pub mod layers;
 pub mod payload_type;
 pub mod resolution;
@@ -41,8 +42,11 @@ pub struct MediaPacket {
     pub source: u64,
     /// The publisher track (m-line) it belongs to; its simulcast layers share it.
     pub track: u64,
-    /// Simulcast quality rank within the track: 0 is the best (or no simulcast).
+    /// Its simulcast layer: the index of its rid in the track (0 without simulcast).
     pub layer: u8,
+    /// The track's layers as they stand (shared by every packet of the track), from
+    /// which each viewer chooses its layer.
+    pub layers: Arc<layers::TrackLayers>,
     /// The codec and its parameters, as the publisher negotiated them.
     pub codec: CodecSpec,
     /// Extended sequence number from the publisher.
@@ -74,8 +78,18 @@ pub struct LocalRoom {
     publishers: Vec<(PeerKey, usize)>,
     /// Number of the room's viewers on each shard (index = shard), this one included.
     viewers_per_shard: Vec<u32>,
-    /// Keyframe caches of the local publisher's video streams, by source.
-    gops: Vec<(u64, u8, GopCache)>,
+    /// Keyframe caches of the local publisher's video layers.
+    gops: Vec<LayerCache>,
+}
+
+/// The keyframe cache of one layer of a track, filled from its current stream.
+#[derive(Debug)]
+struct LayerCache {
+    track: u64,
+    layer: u8,
+    source: u64,
+    layers: Arc<layers::TrackLayers>,
+    gop: GopCache,
 }
 
 impl LocalRoom {
@@ -156,40 +170,93 @@ impl Router {
         was_current
     }
 
-    /// Keeps a local publisher's video packet for viewers who join later.
-    pub fn cache(&mut self, packet: &Arc<MediaPacket>, max_bytes: usize) {
+    /// Keeps a local publisher's video packet for viewers who join later, or who
+    /// switch to its layer. A layer's new stream (a new SSRC) replaces its cache;
+    /// the caches of layers that stopped are freed.
+    pub fn cache(&mut self, packet: &Arc<MediaPacket>, max_bytes: usize, now: Instant) {
         if packet.kind != MediaKind::Video || max_bytes == 0 {
             return;
         }
         let Some(r) = self.rooms.get_mut(&packet.room) else {
             return;
         };
+        r.gops.retain(|c| {
+            (c.track == packet.track && c.layer == packet.layer)
+                || c.layers.is_available(c.layer, now)
+        });
         match r
             .gops
             .iter_mut()
-            .find(|(source, _, _)| *source == packet.source)
+            .find(|c| c.track == packet.track && c.layer == packet.layer)
         {
-            Some((_, _, gop)) => gop.push(packet),
+            Some(c) if c.source == packet.source => c.gop.push(packet),
+            Some(c) => {
+                c.source = packet.source;
+                c.gop = GopCache::new(max_bytes);
+                c.gop.push(packet);
+            }
             None => {
                 let mut gop = GopCache::new(max_bytes);
                 gop.push(packet);
-                r.gops.push((packet.source, packet.layer, gop));
+                r.gops.push(LayerCache {
+                    track: packet.track,
+                    layer: packet.layer,
+                    source: packet.source,
+                    layers: Arc::clone(&packet.layers),
+                    gop,
+                });
             }
         }
     }
 
     /// What a new viewer of `room` needs to start at once: the cached group of
-    /// the best simulcast layer that has one (empty if none).
-    pub fn gop_snapshot(&self, room: &str) -> Vec<Arc<MediaPacket>> {
+    /// the best layer that fits `estimate_bps` (any layer without an estimate),
+    /// or of the best cached layer if none fits; empty if nothing is cached.
+    pub fn gop_snapshot(
+        &self,
+        room: &str,
+        estimate_bps: Option<u64>,
+        now: Instant,
+    ) -> Vec<Arc<MediaPacket>> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let cached: Vec<&LayerCache> = r.gops.iter().filter(|c| !c.gop.is_empty()).collect();
+        let Some(first) = cached.first() else {
+            return Vec::new();
+        };
+        let views = first.layers.views(now);
+        let order = layer_select::quality_order(&views);
+        let ranked = |c: &LayerCache| {
+            order
+                .iter()
+                .position(|v| v.index == c.layer)
+                .unwrap_or(usize::MAX)
+        };
+        let fits = |c: &LayerCache| {
+            estimate_bps.is_none_or(|e| {
+                views
+                    .iter()
+                    .find(|v| v.index == c.layer)
+                    .is_some_and(|v| v.bitrate_bps <= e)
+            })
+        };
+        let same_track = cached.iter().filter(|c| c.track == first.track);
+        same_track
+            .clone()
+            .filter(|c| fits(c))
+            .min_by_key(|c| ranked(c))
+            .or_else(|| same_track.min_by_key(|c| ranked(c)))
+            .map(|c| c.gop.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// The cached group of one layer, if it holds one.
+    pub fn layer_snapshot(&self, room: &str, track: u64, layer: u8) -> Vec<Arc<MediaPacket>> {
         self.rooms
             .get(room)
-            .and_then(|r| {
-                r.gops
-                    .iter()
-                    .filter(|(_, _, g)| !g.is_empty())
-                    .min_by_key(|(_, layer, _)| *layer)
-            })
-            .map(|(_, _, g)| g.snapshot())
+            .and_then(|r| r.gops.iter().find(|c| c.track == track && c.layer == layer))
+            .map(|c| c.gop.snapshot())
             .unwrap_or_default()
     }
 

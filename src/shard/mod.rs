@@ -70,6 +70,10 @@ const OFFER_GAVE_UP: &str = "the offer's HTTP request gave up waiting";
 /// Commands handled per loop turn, for the same reason.
 const COMMAND_BUDGET: usize = 1024;
 
+/// The video bitrate a new viewer's estimate starts with: which simulcast layer's
+/// keyframe cache it is given.
+const INITIAL_VIDEO_BPS: u64 = crate::peer::VIEWER_INITIAL_ESTIMATE_BPS - 64_000;
+
 /// A shard built and bound but not yet running.
 pub struct Shard {
     index: usize,
@@ -558,7 +562,9 @@ impl ShardLoop {
                     self.fan_out_local(&packet);
                 }
             }
-            Command::WantKeyframe { room } => self.request_keyframe_here(&room, Instant::now()),
+            Command::WantKeyframe { room, layer } => {
+                self.request_keyframe_here(&room, layer, Instant::now())
+            }
             Command::PublisherAt { room, key, shard } => {
                 tracing::debug!(shard = self.index, %room, publisher = %key, publisher_shard = shard, "publisher located");
                 self.router.publisher_at(&room, key, shard);
@@ -573,8 +579,11 @@ impl ShardLoop {
                 viewer,
                 shard,
             } => {
-                let packets = self.router.gop_snapshot(&room);
-                self.request_keyframe_here(&room, Instant::now());
+                let now = Instant::now();
+                let packets = self
+                    .router
+                    .gop_snapshot(&room, Some(INITIAL_VIDEO_BPS), now);
+                self.request_keyframe_here(&room, None, now);
                 if let Some(handle) = self.shards.get(shard) {
                     handle.send(Command::Replay { viewer, packets });
                 }
@@ -881,7 +890,8 @@ impl ShardLoop {
         match event {
             PeerEvent::Media(packet) => {
                 self.metrics.packets_in.inc();
-                self.router.cache(&packet, self.keyframe_cache_bytes);
+                self.router
+                    .cache(&packet, self.keyframe_cache_bytes, packet.arrival);
                 self.fan_out_local(&packet);
                 for shard in self.router.remote_shards(&packet.room) {
                     self.outbox[shard].push(Arc::clone(&packet));
@@ -935,6 +945,7 @@ impl ShardLoop {
         };
         let now = Instant::now();
         let mut wants_keyframe = false;
+        let mut layer_wishes: Vec<(RoomId, (u64, u8))> = Vec::new();
         for key in &room.viewers {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
@@ -951,7 +962,13 @@ impl ShardLoop {
                     continue;
                 }
             }
-            match peer.write(packet) {
+            let outcome = peer.write(packet);
+            if let Some(layer) = peer.viewer.take_keyframe_wish() {
+                if !layer_wishes.iter().any(|(_, l)| *l == layer) {
+                    layer_wishes.push((packet.room.clone(), layer));
+                }
+            }
+            match outcome {
                 WriteOutcome::Written => {
                     self.metrics.packets_out.inc();
                     if peer.first_video_at.is_none() && packet.kind == MediaKind::Video {
@@ -978,7 +995,10 @@ impl ShardLoop {
         }
         if wants_keyframe {
             let room = packet.room.clone();
-            self.request_keyframe_anywhere(&room, now);
+            self.request_keyframe_anywhere(&room, None, now);
+        }
+        for (room, layer) in layer_wishes {
+            self.request_keyframe_anywhere(&room, Some(layer), now);
         }
     }
 
@@ -996,7 +1016,9 @@ impl ShardLoop {
         // The cache gives a picture at once; a fresh keyframe (from a publisher
         // that honours PLI) also keeps the cache, and so later replays, short.
         if local_publisher.is_some() {
-            let packets = self.router.gop_snapshot(&room);
+            let packets = self
+                .router
+                .gop_snapshot(&room, Some(INITIAL_VIDEO_BPS), now);
             if !packets.is_empty() {
                 self.replay(key, &packets);
             }
@@ -1076,26 +1098,31 @@ impl ShardLoop {
         if let Some(peer) = self.peers.get_mut(&viewer) {
             peer.keyframe_asked = Some(now);
         }
-        self.request_keyframe_anywhere(room, now);
+        self.request_keyframe_anywhere(room, None, now);
     }
 
-    fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
+    /// Asks `room`'s publisher, wherever it lives, for a keyframe of one
+    /// `(track, layer)` or of every video stream.
+    fn request_keyframe_anywhere(&mut self, room: &RoomId, layer: Option<(u64, u8)>, now: Instant) {
         match self.router.room(room).and_then(|r| r.publisher_shard()) {
-            Some(shard) if shard == self.index => self.request_keyframe_here(room, now),
+            Some(shard) if shard == self.index => self.request_keyframe_here(room, layer, now),
             Some(shard) => {
-                self.shards[shard].send(Command::WantKeyframe { room: room.clone() });
+                self.shards[shard].send(Command::WantKeyframe {
+                    room: room.clone(),
+                    layer,
+                });
             }
             None => {} // no publisher: its first keyframe will come anyway
         }
     }
 
-    fn request_keyframe_here(&mut self, room: &str, now: Instant) {
+    fn request_keyframe_here(&mut self, room: &str, layer: Option<(u64, u8)>, now: Instant) {
         let Some(key) = self.router.room(room).and_then(|r| r.publisher) else {
             return;
         };
         let interval = self.keyframe_request_interval;
         if let Some(peer) = self.peers.get_mut(&key) {
-            if peer.request_keyframe(now, interval) {
+            if peer.request_keyframe(layer, now, interval) {
                 self.metrics.keyframe_requests.inc();
                 enqueue(&mut self.queue, peer);
             }
