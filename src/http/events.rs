@@ -1,7 +1,11 @@
 //! Viewer events as server-sent events (the WHEP server-sent-events extension):
 //! `active` when the room has a publisher sending, `inactive` when it has none,
-//! so a player can show "waiting for the stream" instead of a frozen picture.
+//! so a player can show "waiting for the stream" instead of a frozen picture;
+//! `viewercount` when the room's number of viewers changes; `layers` when the
+//! simulcast layers of the viewer's track, or the one it is sent, change (the
+//! same JSON as the layer extension's `GET`, without the estimate).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +15,14 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 use super::problem::Problem;
 use super::AppState;
 use crate::peer::{PeerKey, Role};
 use crate::room::LiveWatch;
+use crate::shard::Command;
 
 /// The `rel` of the Link header that advertises the event stream.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -40,50 +47,136 @@ pub async fn stream(
     Path((room, session)): Path<(String, String)>,
 ) -> Response {
     let key = match viewer_session(&state, &room, &session) {
-        Ok(key) => key,
+        Ok((key, _)) => key,
         Err(problem) => return problem.into_response(),
     };
     let live = state.registry.watch_live(&room.as_str().into());
-    Sse::new(events(state, key, live))
+    Sse::new(events(state, key, room, live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// How often the viewer's layers and the room's viewer count are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What the stream remembers between events.
+struct Watch {
+    state: Arc<AppState>,
+    key: PeerKey,
+    room: String,
+    live: LiveWatch,
+    /// Events found and not yet sent.
+    pending: VecDeque<Event>,
+    last_layers: Option<Value>,
+    last_count: Option<usize>,
+    first: bool,
 }
 
 fn events(
     state: Arc<AppState>,
     key: PeerKey,
+    room: String,
     live: LiveWatch,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    // The first item is the current state; then one per change. The stream owns
-    // the watch: when it ends or the client goes, the room's channel may go too.
-    stream::unfold(
-        (state, live, true),
-        move |(state, mut live, first)| async move {
-            if !first {
-                loop {
-                    // Wake at least every few seconds to notice the session has ended.
-                    match tokio::time::timeout(Duration::from_secs(2), live.changed()).await {
-                        Ok(true) => break,
-                        Ok(false) => return None,
-                        Err(_) if state.registry.session(key).is_none() => return None,
-                        Err(_) => continue,
+    // First the current state (live or not, viewers, layers once known); then
+    // one event per change. The stream owns the watch: when it ends or the client
+    // goes, the room's channel may go too.
+    let watch = Watch {
+        state,
+        key,
+        room,
+        live,
+        pending: VecDeque::new(),
+        last_layers: None,
+        last_count: None,
+        first: true,
+    };
+    stream::unfold(watch, |mut w| async move {
+        loop {
+            if let Some(event) = w.pending.pop_front() {
+                return Some((Ok(event), w));
+            }
+            if w.first {
+                w.first = false;
+                let active = w.live.borrow_and_update();
+                w.pending.push_back(live_event(active));
+                w.poll().await;
+                continue;
+            }
+            match tokio::time::timeout(POLL, w.live.changed()).await {
+                Ok(true) => {
+                    let active = w.live.borrow_and_update();
+                    w.pending.push_back(live_event(active));
+                }
+                Ok(false) => return None,
+                Err(_) if w.state.registry.session(w.key).is_none() => return None,
+                Err(_) => w.poll().await,
+            }
+        }
+    })
+}
+
+fn live_event(active: bool) -> Event {
+    Event::default()
+        .event(if active { "active" } else { "inactive" })
+        .data("{}")
+}
+
+impl Watch {
+    /// Queues `viewercount` and `layers` events for what changed.
+    async fn poll(&mut self) {
+        let count = self.state.registry.room(&self.room).map(|r| r.viewers);
+        if let Some(count) = count.filter(|c| Some(*c) != self.last_count) {
+            self.last_count = Some(count);
+            self.pending.push_back(
+                Event::default()
+                    .event("viewercount")
+                    .data(json!({ "viewercount": count }).to_string()),
+            );
+        }
+        let Some(entry) = self.state.registry.session(self.key) else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        self.state.shards[entry.shard].send(Command::Layer {
+            key: self.key,
+            request: None,
+            reply,
+        });
+        if let Ok(Ok(Some(Ok(report)))) = tokio::time::timeout(POLL, answer).await {
+            let mut layers = super::layer::report_json(&report);
+            // The estimate moves all the time: not a change worth an event.
+            if let Some(object) = layers.as_object_mut() {
+                object.remove("estimatedBitrate");
+                // Bitrates are rounded to 50 kbit/s steps for the same reason.
+                if let Some(Value::Array(list)) = object.get_mut("layers") {
+                    for layer in list {
+                        if let Some(bitrate) = layer.get_mut("bitrate") {
+                            let bps = bitrate.as_u64().unwrap_or(0);
+                            *bitrate = Value::from((bps + 25_000) / 50_000 * 50_000);
+                        }
                     }
                 }
             }
-            let active = live.borrow_and_update();
-            let event = Event::default()
-                .event(if active { "active" } else { "inactive" })
-                .data("{}");
-            Some((Ok(event), (state, live, false)))
-        },
-    )
+            if Some(&layers) != self.last_layers.as_ref() {
+                self.pending
+                    .push_back(Event::default().event("layers").data(layers.to_string()));
+                self.last_layers = Some(layers);
+            }
+        }
+    }
 }
 
-fn viewer_session(state: &AppState, room: &str, session: &str) -> Result<PeerKey, Problem> {
+/// The viewer session `session` of `room`, and the shard it lives on.
+pub(super) fn viewer_session(
+    state: &AppState,
+    room: &str,
+    session: &str,
+) -> Result<(PeerKey, usize), Problem> {
     let unknown = || Problem::not_found(format!("no whep session `{session}` in room `{room}`"));
     let key = PeerKey::parse(session).ok_or_else(unknown)?;
     match state.registry.session(key) {
-        Some(entry) if entry.role == Role::Viewer && &*entry.room == room => Ok(key),
+        Some(entry) if entry.role == Role::Viewer && &*entry.room == room => Ok((key, entry.shard)),
         _ => Err(unknown()),
     }
 }

@@ -2,6 +2,7 @@
 //! Handlers never touch media state; they talk to shards through commands.
 
 mod events;
+mod layer;
 mod problem;
 mod sdpfrag;
 mod serve;
@@ -68,6 +69,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .options(options),
         )
         .route("/whep/{room}", post(session::post_whep).options(options))
+        .route(
+            "/whep/{room}/{session}/layer",
+            get(layer::get_layer)
+                .post(layer::post_layer)
+                .options(options),
+        )
         .route(
             "/whep/{room}/{session}/events",
             get(events::stream).post(events::subscribe).options(options),

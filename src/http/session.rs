@@ -26,7 +26,7 @@ use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
 
 /// How long an HTTP request waits for a shard's answer.
-const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `Retry-After` when the session caps are reached or a shard is busy, in seconds.
 const RETRY_AFTER: u32 = 5;
 /// The reason a shard logs for a session whose offer's request ended (timed
@@ -289,10 +289,14 @@ async fn create_session(
     state.add_link_headers(headers);
     if role == Role::Viewer {
         let events = format!(
-            "<{location}/events>; rel=\"{}\"; events=\"active,inactive\"",
+            "<{location}/events>; rel=\"{}\"; events=\"active,inactive,layers,viewercount\"",
             super::events::REL
         );
         if let Ok(v) = HeaderValue::from_str(&events) {
+            headers.append(header::LINK, v);
+        }
+        let layer = format!("<{location}/layer>; rel=\"{}\"", super::layer::REL);
+        if let Ok(v) = HeaderValue::from_str(&layer) {
             headers.append(header::LINK, v);
         }
     }
@@ -446,7 +450,10 @@ fn check_room_name(room: &str) -> Result<(), Problem> {
     }
 }
 
-fn require_content_type(headers: &HeaderMap, wanted: &'static str) -> Result<(), Problem> {
+pub(super) fn require_content_type(
+    headers: &HeaderMap,
+    wanted: &'static str,
+) -> Result<(), Problem> {
     let given = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -469,7 +476,7 @@ fn require_content_type(headers: &HeaderMap, wanted: &'static str) -> Result<(),
 /// Reads a whole body of at most `http.max_body_bytes` within
 /// `http.body_read_timeout`: 413 above the size, 408 past the time, 400 if it
 /// cannot be read (a malformed chunked encoding, the client went away).
-async fn read_body(body: Body, http: &HttpConfig) -> Result<String, Problem> {
+pub(super) async fn read_body(body: Body, http: &HttpConfig) -> Result<String, Problem> {
     let limit = http.max_body_bytes;
     let timeout = http.body_read_timeout;
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;

@@ -14,6 +14,7 @@ use super::negotiated;
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
 use crate::router::layer_select::{Preference, UP_HEADROOM};
 use crate::router::layer_switch::{Admit, LayerSwitch};
+use crate::router::layers::{LayerReport, LayerRequest, TrackLayers};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
 
@@ -36,7 +37,6 @@ const AUDIO_SHARE_BPS: u64 = 64_000;
 /// One outgoing m-line of the viewer and what it currently shows.
 #[derive(Debug)]
 struct Slot {
-    #[allow(dead_code)] // kept for logs and the coming multi-slot layouts
     mid: Mid,
     kind: MediaKind,
     ssrc: Ssrc,
@@ -49,6 +49,8 @@ struct Slot {
     forwarder: Option<Forwarder>,
     /// Which simulcast layer of the track it forwards, and when it switches.
     layers: LayerSwitch,
+    /// The layers of the track shown (for the layer API and events).
+    track_layers: Option<Arc<TrackLayers>>,
 }
 
 /// What happened to a packet offered to a viewer.
@@ -86,6 +88,7 @@ impl ViewerSide {
                 track: None,
                 forwarder: None,
                 layers: LayerSwitch::default(),
+                track_layers: None,
             });
         }
     }
@@ -112,6 +115,7 @@ impl ViewerSide {
                 f.clear_source();
             }
             slot.layers = LayerSwitch::default();
+            slot.track_layers = None;
         }
     }
 
@@ -120,9 +124,45 @@ impl ViewerSide {
         self.estimate_bps = Some(bps);
     }
 
-    /// The viewer asked for a layer, a cap, or automatic choice.
-    pub fn set_preference(&mut self, preference: Preference) {
-        self.preference = preference;
+    /// The viewer asked for a layer, a cap, or automatic choice (the layer API):
+    /// resolved against the layers of the track shown. Answers what is sent then.
+    pub fn request_layer(
+        &mut self,
+        request: &LayerRequest,
+        now: Instant,
+    ) -> Result<LayerReport, String> {
+        let layers = self
+            .slots
+            .iter()
+            .find(|s| s.kind == MediaKind::Video)
+            .and_then(|s| s.track_layers.clone())
+            .ok_or_else(|| "nothing is being sent to this session yet".to_string())?;
+        self.preference = request.resolve(&layers, now)?;
+        self.layer_report(now)
+            .ok_or_else(|| "nothing is being sent to this session yet".to_string())
+    }
+
+    /// The layers of the video track shown, and which one is sent.
+    pub fn layer_report(&self, now: Instant) -> Option<LayerReport> {
+        let slot = self.slots.iter().find(|s| s.kind == MediaKind::Video)?;
+        let layers = slot.track_layers.as_ref()?;
+        let simulcast = layers.is_simulcast();
+        Some(LayerReport {
+            mid: slot.mid.to_string(),
+            layers: layers.states(now),
+            sending: if simulcast {
+                slot.layers.forwarding()
+            } else {
+                Some(0)
+            },
+            target: if simulcast {
+                slot.layers.target()
+            } else {
+                Some(0)
+            },
+            preference: self.preference,
+            estimate_bps: self.estimate_bps,
+        })
     }
 
     /// A keyframe wanted for a layer switch: (track, layer), once per wish.
@@ -209,7 +249,10 @@ impl ViewerSide {
         };
         let mut out = match forwarder.forward(&meta) {
             Ok(out) => {
-                slot.track = Some(packet.track);
+                if slot.track != Some(packet.track) {
+                    slot.track = Some(packet.track);
+                    slot.track_layers = Some(Arc::clone(&packet.layers));
+                }
                 out
             }
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
@@ -261,12 +304,7 @@ impl ViewerSide {
 
 /// Tells str0m's estimator what the track could use, so it probes towards it (with
 /// padding) and a viewer whose estimate started low can climb to the best layer.
-fn want_probing(
-    rtc: &mut Rtc,
-    desired: &mut Option<u64>,
-    layers: &crate::router::layers::TrackLayers,
-    now: Instant,
-) {
+fn want_probing(rtc: &mut Rtc, desired: &mut Option<u64>, layers: &TrackLayers, now: Instant) {
     let best = layers
         .views(now)
         .iter()

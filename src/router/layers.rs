@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::layer_select::LayerView;
+use super::layer_select::{quality_order, LayerView, Preference};
 use super::resolution::Resolution;
 
 /// A layer with no packet for this long has stopped.
@@ -44,10 +44,112 @@ struct SharedLayer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerState {
     pub index: u8,
+    /// Its place by quality, counting up from the lowest (as SVC spatial ids do).
+    pub spatial_id: u8,
     pub rid: Option<String>,
     pub available: bool,
     pub bitrate_bps: u64,
     pub resolution: Option<Resolution>,
+}
+
+/// What one viewer gets of a track: the layers, the one sent, the one chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerReport {
+    /// The viewer's m-line the track is shown on.
+    pub mid: String,
+    pub layers: Vec<LayerState>,
+    /// The layer forwarded now (index), and the one chosen (a switch waits for its
+    /// keyframe while they differ).
+    pub sending: Option<u8>,
+    pub target: Option<u8>,
+    pub preference: Preference,
+    pub estimate_bps: Option<u64>,
+}
+
+/// What the WHEP layer extension asks for, by the draft's field names: a layer to
+/// pin (by rid, `encodingId`, or by spatial id, 0 the lowest) or a cap (the same,
+/// as a maximum); nothing at all returns to automatic choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerRequest {
+    pub encoding_id: Option<String>,
+    pub spatial_layer_id: Option<u8>,
+    pub max_encoding_id: Option<String>,
+    pub max_spatial_layer_id: Option<u8>,
+}
+
+impl LayerRequest {
+    /// The preference it stands for on `layers`, or why it cannot be met.
+    pub fn resolve(&self, layers: &TrackLayers, now: Instant) -> Result<Preference, String> {
+        let pin = self.one_layer(
+            layers,
+            now,
+            self.encoding_id.as_deref(),
+            self.spatial_layer_id,
+            "encodingId",
+            "spatialLayerId",
+        )?;
+        let cap = self.one_layer(
+            layers,
+            now,
+            self.max_encoding_id.as_deref(),
+            self.max_spatial_layer_id,
+            "maxEncodingId",
+            "maxSpatialLayerId",
+        )?;
+        match (pin, cap) {
+            (Some(_), Some(_)) => Err("give a layer to pin or a maximum, not both".into()),
+            (Some(index), None) => Ok(Preference::Pin(index)),
+            (None, Some(index)) => Ok(Preference::Cap(index)),
+            (None, None) => Ok(Preference::Auto),
+        }
+    }
+
+    fn one_layer(
+        &self,
+        layers: &TrackLayers,
+        now: Instant,
+        rid: Option<&str>,
+        spatial: Option<u8>,
+        rid_field: &str,
+        spatial_field: &str,
+    ) -> Result<Option<u8>, String> {
+        match (rid, spatial) {
+            (Some(_), Some(_)) => Err(format!("give {rid_field} or {spatial_field}, not both")),
+            (Some(rid), None) => layers.index_of(rid).map(Some).ok_or_else(|| {
+                let rids: Vec<&str> = layers
+                    .layers
+                    .iter()
+                    .filter_map(|l| l.rid.as_deref())
+                    .collect();
+                if rids.is_empty() {
+                    format!("{rid_field} {rid:?}: the track is not simulcast")
+                } else {
+                    format!(
+                        "{rid_field} {rid:?} is not one of the track's: {}",
+                        rids.join(", ")
+                    )
+                }
+            }),
+            (None, Some(spatial)) => {
+                // Spatial ids count up from the lowest layer, as in SVC.
+                let views = layers.views(now);
+                let order = quality_order(&views);
+                order
+                    .iter()
+                    .rev()
+                    .nth(usize::from(spatial))
+                    .map(|l| Some(l.index))
+                    .ok_or_else(|| {
+                        format!(
+                            "{spatial_field} {spatial}: the track has {} layer(s), 0 to {}",
+                            order.len(),
+                            order.len().saturating_sub(1)
+                        )
+                    })
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 impl TrackLayers {
@@ -156,11 +258,21 @@ impl TrackLayers {
 
     /// Every layer's state at `now`, for events and the API.
     pub fn states(&self, now: Instant) -> Vec<LayerState> {
+        let views = self.views(now);
+        let order = quality_order(&views);
+        let spatial_id = |index: usize| {
+            order
+                .iter()
+                .rev()
+                .position(|v| usize::from(v.index) == index)
+                .unwrap_or(0) as u8
+        };
         self.layers
             .iter()
             .enumerate()
             .map(|(index, l)| LayerState {
                 index: index as u8,
+                spatial_id: spatial_id(index),
                 rid: l.rid.as_deref().map(str::to_string),
                 available: running(l, now),
                 bitrate_bps: if running(l, now) {
@@ -248,6 +360,57 @@ mod tests {
         // Out of range indices are ignored.
         layers.record(9, t0, 1, true, Some(size));
         assert!(!layers.is_available(9, t0));
+    }
+
+    #[test]
+    fn layer_requests_resolve_by_rid_or_spatial_id_and_bad_ones_say_why() {
+        let layers = TrackLayers::new(&rids());
+        let t0 = Instant::now();
+        for (index, kbps) in [(0u8, 150u64), (1, 500), (2, 1500)] {
+            layers.record(index, t0, kbps * 1000, false, None);
+        }
+        let request = |f: fn(&mut LayerRequest)| {
+            let mut r = LayerRequest::default();
+            f(&mut r);
+            r.resolve(&layers, t0)
+        };
+        assert_eq!(request(|_| {}), Ok(Preference::Auto));
+        assert_eq!(
+            request(|r| r.encoding_id = Some("h".into())),
+            Ok(Preference::Pin(1))
+        );
+        // Spatial 0 is the lowest layer: q, offered first here.
+        assert_eq!(
+            request(|r| r.spatial_layer_id = Some(0)),
+            Ok(Preference::Pin(0))
+        );
+        assert_eq!(
+            request(|r| r.spatial_layer_id = Some(2)),
+            Ok(Preference::Pin(2))
+        );
+        assert_eq!(
+            request(|r| r.max_encoding_id = Some("h".into())),
+            Ok(Preference::Cap(1))
+        );
+        let unknown = request(|r| r.encoding_id = Some("x".into()));
+        assert!(unknown.is_err_and(|e| e.contains("q, h, f")));
+        assert!(request(|r| r.spatial_layer_id = Some(3)).is_err());
+        assert!(request(|r| {
+            r.encoding_id = Some("h".into());
+            r.max_encoding_id = Some("f".into());
+        })
+        .is_err());
+        assert!(request(|r| {
+            r.encoding_id = Some("h".into());
+            r.spatial_layer_id = Some(1);
+        })
+        .is_err());
+        let single = TrackLayers::new(&[]);
+        let mut r = LayerRequest::default();
+        r.encoding_id = Some("h".into());
+        assert!(r
+            .resolve(&single, t0)
+            .is_err_and(|e| e.contains("not simulcast")));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use str0m::Candidate;
 use tokio::sync::oneshot;
 
 use crate::peer::{AcceptError, PeerKey, Role};
+use crate::router::layers::{LayerReport, LayerRequest};
 use crate::router::{MediaPacket, RoomId};
 
 /// The reason given when the client DELETEs its session.
@@ -22,6 +23,13 @@ pub enum Command {
         credentials: Option<(String, String)>,
         candidates: Vec<Candidate>,
         reply: oneshot::Sender<PatchOutcome>,
+    },
+    /// The WHEP layer extension: what a viewer gets of its video track, after
+    /// applying `request` if there is one. `None` in the reply: no such viewer here.
+    Layer {
+        key: PeerKey,
+        request: Option<LayerRequest>,
+        reply: oneshot::Sender<Option<Result<LayerReport, String>>>,
     },
     /// End a session. Replies whether it existed here.
     End {
@@ -80,7 +88,9 @@ impl Command {
     pub fn session(&self) -> Option<PeerKey> {
         match self {
             Command::Accept(request) => Some(request.key),
-            Command::Patch { key, .. } | Command::End { key, .. } => Some(*key),
+            Command::Patch { key, .. } | Command::End { key, .. } | Command::Layer { key, .. } => {
+                Some(*key)
+            }
             // (A `WantReplay`'s viewer lives on another shard: nothing to charge here.)
             Command::Replay { viewer, .. } => Some(*viewer),
             #[cfg(feature = "fault-injection")]
@@ -93,7 +103,9 @@ impl Command {
     pub fn class(&self) -> CommandClass {
         match self {
             Command::Media(_) | Command::WantKeyframe { .. } => CommandClass::Media,
-            Command::Accept(_) | Command::Patch { .. } => CommandClass::Request,
+            Command::Accept(_) | Command::Patch { .. } | Command::Layer { .. } => {
+                CommandClass::Request
+            }
             _ => CommandClass::Control,
         }
     }

@@ -546,6 +546,21 @@ impl ShardLoop {
                 let outcome = self.patch(key, credentials, candidates);
                 let _ = reply.send(outcome);
             }
+            Command::Layer {
+                key,
+                request,
+                reply,
+            } => {
+                let now = Instant::now();
+                let answer = self.peers.get_mut(&key).map(|peer| match &request {
+                    Some(request) => peer.viewer.request_layer(request, now),
+                    None => peer
+                        .viewer
+                        .layer_report(now)
+                        .ok_or_else(|| "nothing is being sent to this session yet".to_string()),
+                });
+                let _ = reply.send(answer);
+            }
             Command::End { key, reason, reply } => {
                 let ended = self.end_peer(key, reason);
                 if let Some(reply) = reply {

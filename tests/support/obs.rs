@@ -355,6 +355,13 @@ impl ObsPublisher {
         self.peer.pause(false);
     }
 
+    /// Stops (or resumes) sending one simulcast layer, by rid.
+    pub fn pause_layer(&self, rid: &str, paused: bool) {
+        if let Some(layer) = OBS_RIDS.iter().position(|r| *r == rid) {
+            self.peer.pause_layer(layer, paused);
+        }
+    }
+
     /// Everything sent of `kind` (all layers for simulcast video).
     pub fn sent(&self, kind: Kind) -> Vec<SentPacket> {
         self.peer.sent(kind)

@@ -334,6 +334,8 @@ enum Command {
     RequestKeyframe(KeyframeRequestKind),
     /// Pause or resume; the sender is told once it is done.
     Pause(bool, Sender<()>),
+    /// Stop (or resume) writing one simulcast layer (its index); told once done.
+    PauseLayer(usize, bool, Sender<()>),
     /// Close the connection (RTCP BYE, DTLS close_notify); told once drained.
     Close(Sender<()>),
 }
@@ -441,6 +443,7 @@ impl Peer {
                     commands: rx,
                     gen: send.map(MediaGen::new),
                     paused: false,
+                    paused_layers: Vec::new(),
                     connected: false,
                     closing: None,
                 };
@@ -504,6 +507,19 @@ impl Peer {
         let (tx, rx) = mpsc::channel();
         if self.commands.send(Command::Pause(paused, tx)).is_ok() {
             // The thread may be gone (stopped or failed): then nothing is written anyway.
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops (or resumes) writing simulcast layer `layer` (its index in the
+    /// layers' list) only, as a browser does when it pauses an encoding.
+    pub fn pause_layer(&self, layer: usize, paused: bool) {
+        let (tx, rx) = mpsc::channel();
+        if self
+            .commands
+            .send(Command::PauseLayer(layer, paused, tx))
+            .is_ok()
+        {
             let _ = rx.recv_timeout(Duration::from_secs(5));
         }
     }
@@ -607,6 +623,8 @@ struct Driver {
     commands: Receiver<Command>,
     gen: Option<MediaGen>,
     paused: bool,
+    /// Simulcast layers not written (their indices).
+    paused_layers: Vec<usize>,
     connected: bool,
     /// Told once a close has drained.
     closing: Option<Sender<()>>,
@@ -775,6 +793,13 @@ impl Driver {
                         gen.next_video = gen.next_video.map(|_| now);
                     }
                 }
+            }
+            Command::PauseLayer(layer, paused, done) => {
+                self.paused_layers.retain(|l| *l != layer);
+                if paused {
+                    self.paused_layers.push(layer);
+                }
+                let _ = done.send(());
             }
             Command::Close(done) => {
                 self.paused = true;
@@ -977,7 +1002,7 @@ impl Driver {
                 gen.first_keyframe_lost = true;
             }
             for (layer, rid) in layers.iter().enumerate() {
-                if lost {
+                if lost || self.paused_layers.contains(&layer) {
                     // Never on the wire, so it takes no sequence numbers either.
                     continue;
                 }

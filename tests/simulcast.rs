@@ -1,0 +1,283 @@
+//! Simulcast per viewer, end to end: an OBS-style publisher sends three H264
+//! layers (`0` the largest), str0m viewers watch over WHEP, and the layer each gets
+//! is read from the payloads (every payload names its layer).
+//!
+//! - The layer extension (`GET`/`POST {session}/layer`) pins a layer, caps the
+//!   automatic choice and returns to it; bad requests are problem+json 400/415.
+//! - The top layer stops: the viewer falls back to the next, and returns when it
+//!   resumes.
+//! - Every switch lands on a keyframe of the new layer and the viewer's sequence
+//!   numbers run on with no gap.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::flow::{self, start_server, wait_for_media};
+use support::http::{self, expect_problem};
+use support::media::tag_layer;
+use support::{
+    init_logging, wait_until, with_timeout, Codecs, Kind, ObsOptions, ObsPublisher, Viewer,
+    ViewerOptions,
+};
+use switchboard::config::Config;
+use switchboard::server::Server;
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Keyframes every half second on every layer (the OBS-style publisher ignores
+/// PLI, so a switch waits for the next one).
+const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
+
+async fn publish(server: &Server, room: &str) -> ObsPublisher {
+    let options = ObsOptions::new(7)
+        .simulcast()
+        .keyframe_every(KEYFRAME_EVERY);
+    let publisher = ObsPublisher::start(server.http_addr(), room, options)
+        .await
+        .expect("simulcast WHIP publish");
+    wait_until("publisher connected", Duration::from_secs(5), || {
+        publisher.connected()
+    })
+    .await
+    .expect("publisher connects");
+    publisher
+}
+
+async fn view(server: &Server, room: &str) -> Viewer {
+    let viewer = flow::view(server, room, ViewerOptions::default().codecs(Codecs::H264)).await;
+    assert_eq!(viewer.session.response.status, 201);
+    viewer
+}
+
+fn layer_url(viewer: &Viewer) -> String {
+    format!("{}/layer", viewer.session.location)
+}
+
+async fn get_layers(viewer: &Viewer) -> Value {
+    let response = http::request(
+        reqwest::Method::GET,
+        &http::url(viewer.session.http_addr, &layer_url(viewer)),
+        &[],
+        None,
+    )
+    .await
+    .expect("GET layer");
+    assert_eq!(response.status, 200, "{}", response.body);
+    serde_json::from_str(&response.body).expect("layer report is JSON")
+}
+
+async fn post_layer(viewer: &Viewer, content_type: &str, body: &str) -> http::Response {
+    http::post(
+        viewer.session.http_addr,
+        &layer_url(viewer),
+        content_type,
+        body.to_string(),
+    )
+    .await
+    .expect("POST layer")
+}
+
+/// The layer of the last video packet received, from its payload.
+fn latest_layer(viewer: &Viewer) -> Option<u8> {
+    viewer
+        .received(Kind::Video)
+        .iter()
+        .rev()
+        .find_map(|p| p.identity())
+        .map(|id| tag_layer(id.tag))
+}
+
+async fn wait_for_layer(viewer: &Viewer, layer: u8, within: Duration) -> Duration {
+    let start = Instant::now();
+    wait_until(&format!("video of layer {layer}"), within, || {
+        latest_layer(viewer) == Some(layer)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: still on layer {:?}", latest_layer(viewer)));
+    start.elapsed()
+}
+
+/// Every change of layer in what the viewer received starts on the first packet
+/// of a keyframe, and the sequence numbers have no gap. Returns the layers in the
+/// order they were received.
+fn assert_clean_switches(viewer: &Viewer) -> Vec<u8> {
+    let received = viewer.received(Kind::Video);
+    let mut layers = Vec::new();
+    let mut previous_seq: Option<u64> = None;
+    for (i, p) in received.iter().enumerate() {
+        let id = p.identity().expect("every video payload names itself");
+        let layer = tag_layer(id.tag);
+        if layers.last() != Some(&layer) {
+            assert!(
+                id.keyframe && id.packet == 0,
+                "packet {i} switches to layer {layer} on {id:?}, not on a keyframe's first packet"
+            );
+            layers.push(layer);
+        }
+        if let Some(prev) = previous_seq {
+            assert_eq!(
+                p.ext_seq,
+                prev + 1,
+                "a gap before packet {i} (layer {layer})"
+            );
+        }
+        previous_seq = Some(p.ext_seq);
+    }
+    layers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_pins_caps_and_returns_to_automatic_choice_switching_on_keyframes() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(Config::for_tests()).await;
+        let publisher = publish(&server, "pin").await;
+        let viewer = view(&server, "pin").await;
+        let links = viewer
+            .session
+            .response
+            .headers
+            .get_all("link")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(
+            links.contains("/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\""),
+            "{links}"
+        );
+        wait_for_media(&viewer, 30, 10, Duration::from_secs(6)).await;
+        wait_for_layer(&viewer, 0, Duration::from_secs(3)).await;
+
+        // Three layers, all running, measured, the best one sent.
+        let mut report = get_layers(&viewer).await;
+        for _ in 0..20 {
+            let measured = report["layers"]
+                .as_array()
+                .is_some_and(|l| l.iter().all(|l| l["bitrate"].as_u64() > Some(0)));
+            if measured {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            report = get_layers(&viewer).await;
+        }
+        let layers = report["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 3, "{report}");
+        assert!(layers.iter().all(|l| l["active"] == true), "{report}");
+        let bitrate = |rid: &str| {
+            layers
+                .iter()
+                .find(|l| l["encodingId"] == rid)
+                .and_then(|l| l["bitrate"].as_u64())
+                .unwrap_or(0)
+        };
+        assert!(
+            bitrate("0") > bitrate("1") && bitrate("1") > bitrate("2"),
+            "{report}"
+        );
+        assert_eq!(report["sending"], "0", "{report}");
+        assert_eq!(report["preference"], "auto", "{report}");
+
+        // Pin the lowest layer: it comes on its next keyframe.
+        let pinned = post_layer(&viewer, "application/json", r#"{"encodingId":"2"}"#).await;
+        assert_eq!(pinned.status, 200, "{}", pinned.body);
+        let answer: Value = serde_json::from_str(&pinned.body).expect("JSON");
+        assert_eq!(answer["preference"]["pin"], "2", "{answer}");
+        let took = wait_for_layer(&viewer, 2, Duration::from_secs(3)).await;
+        println!("pin to layer 2: first packet after {took:?}");
+
+        // Pin by spatial id: 1 is the middle layer.
+        let pinned = post_layer(&viewer, "application/json", r#"{"spatialLayerId":1}"#).await;
+        assert_eq!(pinned.status, 200, "{}", pinned.body);
+        wait_for_layer(&viewer, 1, Duration::from_secs(3)).await;
+
+        // A cap at the middle layer keeps it there even with room for more...
+        let capped = post_layer(&viewer, "application/json", r#"{"maxEncodingId":"1"}"#).await;
+        assert_eq!(capped.status, 200, "{}", capped.body);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(latest_layer(&viewer), Some(1));
+        // ...and automatic choice climbs back to the top (after the estimate held).
+        let auto = post_layer(&viewer, "application/json", "{}").await;
+        assert_eq!(auto.status, 200, "{}", auto.body);
+        let took = wait_for_layer(&viewer, 0, Duration::from_secs(6)).await;
+        println!("back to automatic: layer 0 after {took:?}");
+
+        let switches = assert_clean_switches(&viewer);
+        assert_eq!(switches, vec![0, 2, 1, 0], "layers in the order received");
+
+        // Requests that cannot be met say why.
+        for (content_type, body, status) in [
+            ("application/json", r#"{"encodingId":"9"}"#, 400),
+            ("application/json", r#"{"temporalLayerId":1}"#, 400),
+            (
+                "application/json",
+                r#"{"encodingId":"1","maxEncodingId":"2"}"#,
+                400,
+            ),
+            ("application/json", r#"{"spatialLayerId":7}"#, 400),
+            ("application/json", r#"{"colour":"blue"}"#, 400),
+            (
+                "application/json",
+                r#"{"mediaId":"nope","encodingId":"1"}"#,
+                400,
+            ),
+            ("application/json", "not json", 400),
+            ("application/json", "[1,2]", 400),
+            ("text/plain", "{}", 415),
+        ] {
+            let response = post_layer(&viewer, content_type, body).await;
+            let problem = expect_problem(&response, status)
+                .unwrap_or_else(|e| panic!("POST {body:?} as {content_type}: {e}"));
+            assert!(
+                problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{problem}"
+            );
+        }
+        let missing = http::post(
+            viewer.session.http_addr,
+            "/whep/pin/00000000000000000000000000000000/layer",
+            "application/json",
+            "{}".to_string(),
+        )
+        .await
+        .expect("POST");
+        expect_problem(&missing, 404).expect("an unknown session is 404");
+
+        drop((viewer, publisher));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_top_layer_stops_the_viewer_falls_back_and_returns_when_it_resumes() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(Config::for_tests()).await;
+        let publisher = publish(&server, "fallback").await;
+        let viewer = view(&server, "fallback").await;
+        wait_for_media(&viewer, 30, 10, Duration::from_secs(6)).await;
+        wait_for_layer(&viewer, 0, Duration::from_secs(3)).await;
+
+        publisher.pause_layer("0", true);
+        let fell_back = wait_for_layer(&viewer, 1, Duration::from_secs(3)).await;
+        println!("top layer stopped: layer 1 after {fell_back:?}");
+        let report = get_layers(&viewer).await;
+        let top = report["layers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["encodingId"] == "0").cloned())
+            .expect("layer 0 listed");
+        assert_eq!(top["active"], false, "{report}");
+
+        publisher.pause_layer("0", false);
+        let returned = wait_for_layer(&viewer, 0, Duration::from_secs(6)).await;
+        println!("top layer resumed: layer 0 after {returned:?}");
+
+        assert_eq!(assert_clean_switches(&viewer), vec![0, 1, 0]);
+        drop((viewer, publisher));
+        server.shutdown().await;
+    })
+    .await;
+}
