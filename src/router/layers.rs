@@ -406,8 +406,10 @@ mod tests {
         })
         .is_err());
         let single = TrackLayers::new(&[]);
-        let mut r = LayerRequest::default();
-        r.encoding_id = Some("h".into());
+        let r = LayerRequest {
+            encoding_id: Some("h".into()),
+            ..LayerRequest::default()
+        };
         assert!(r
             .resolve(&single, t0)
             .is_err_and(|e| e.contains("not simulcast")));
