@@ -63,6 +63,11 @@ pub struct MediaConfig {
     /// Bytes kept per video track so a new viewer starts at once (the packets
     /// since the last keyframe). 0 disables the cache.
     pub keyframe_cache_bytes: usize,
+    /// Where each viewer's bandwidth estimate (TWCC) starts, in kbit/s; the
+    /// simulcast layer it gets is the best one the estimate carries. 0 turns the
+    /// estimation off: every viewer gets the best layer running (within its pin
+    /// or cap).
+    pub viewer_initial_estimate_kbps: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -123,6 +128,7 @@ impl Default for MediaConfig {
             udp_port_max: 50099,
             public_ips: Vec::new(),
             keyframe_cache_bytes: 8 * 1024 * 1024,
+            viewer_initial_estimate_kbps: 2000,
         }
     }
 }
@@ -266,6 +272,9 @@ impl Config {
             "media.public_ips" => self.media.public_ips = list(key, value, "an IP address")?,
             "media.keyframe_cache_bytes" => {
                 self.media.keyframe_cache_bytes = parse(key, value, "a number of bytes")?
+            }
+            "media.viewer_initial_estimate_kbps" => {
+                self.media.viewer_initial_estimate_kbps = parse(key, value, "a bitrate in kbit/s")?
             }
             "session.reap_timeout" => {
                 self.session.reap_timeout =
@@ -413,6 +422,7 @@ const ENV_KEYS: &[&str] = &[
     "media.udp_port_max",
     "media.public_ips",
     "media.keyframe_cache_bytes",
+    "media.viewer_initial_estimate_kbps",
     "session.reap_timeout",
     "session.keyframe_request_interval",
     "session.max_sessions",

@@ -77,6 +77,7 @@ fn settings() -> &'static PeerSettings {
             dtls_cert,
             local_candidates: vec![candidate],
             reap_timeout: Duration::from_secs(30),
+            viewer_initial_estimate: Some(str0m::bwe::Bitrate::kbps(2000)),
         }
     })
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub media_routes: IntGaugeVec,
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounter,
+    pub layer_switches: IntCounter,
+    pub layer_cache_switches: IntCounter,
     pub first_video_seconds: Histogram,
     // HTTP serving and the registry (src/http, src/room.rs).
     pub http_connections_open: IntGauge,
@@ -174,6 +176,14 @@ impl Metrics {
             keyframe_requests: counter(
                 "keyframe_requests_total",
                 "Keyframe requests (PLI) sent to publishers.",
+            ),
+            layer_switches: counter(
+                "layer_switches_total",
+                "Simulcast layer switches made for viewers (each on a keyframe of the new layer).",
+            ),
+            layer_cache_switches: counter(
+                "layer_cache_switches_total",
+                "Simulcast layer switches started on the new layer's fresh keyframe cache instead of a keyframe request.",
             ),
             registry,
         }

@@ -74,6 +74,7 @@ impl Certs {
             dtls_cert: self.server.clone(),
             local_candidates: vec![Candidate::host(SERVER_ADDR, "udp").expect("host candidate")],
             reap_timeout: Duration::from_secs(30),
+            viewer_initial_estimate: Some(str0m::bwe::Bitrate::kbps(2000)),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::router::extensions;
 use crate::router::{MediaPacket, RoomId};
 pub use publisher::PublisherSide;
 use viewer::Squeeze;
-pub use viewer::{ViewerSide, WriteOutcome};
+pub use viewer::{ViewerSide, WriteOutcome, AUDIO_SHARE_BPS};
 
 /// A session's identity: in the resource URL, in the shard's tables, and in logs.
 /// Random, so it is unique across nodes as well.
@@ -96,6 +96,8 @@ pub struct PeerSettings {
     pub dtls_cert: DtlsCert,
     pub local_candidates: Vec<Candidate>,
     pub reap_timeout: Duration,
+    /// Where a viewer's bandwidth estimate starts (`None`: no estimation).
+    pub viewer_initial_estimate: Option<Bitrate>,
 }
 
 pub struct Peer {
@@ -181,9 +183,9 @@ impl Peer {
         }
         let credentials = credentials::random_ice_credentials();
         let mut config = rtc_config(settings, preferred_video);
-        if role == Role::Viewer {
+        if role == Role::Viewer && settings.viewer_initial_estimate.is_some() {
             // The estimate each viewer's simulcast layer is chosen by (TWCC).
-            config = config.enable_bwe(Some(Bitrate::bps(VIEWER_INITIAL_ESTIMATE_BPS)));
+            config = config.enable_bwe(settings.viewer_initial_estimate);
         }
         let mut rtc = config
             .set_local_ice_credentials(credentials.clone())
@@ -488,7 +490,13 @@ impl Peer {
     /// still queued pointless: it is dropped and the stream restarts on the
     /// keyframe, numbering continuous (the publisher answered our PLI).
     pub fn queue_behind_replay(&mut self, packet: &std::sync::Arc<MediaPacket>) {
-        if packet.keyframe {
+        // Only a keyframe of what is being replayed (another simulcast layer's
+        // keyframe says nothing about this one).
+        let replayed = self.replay_queue.iter().find_map(|q| match q {
+            Queued::Packet(p, _) => Some((p.track, p.layer)),
+            Queued::Restart => None,
+        });
+        if packet.keyframe && replayed.is_none_or(|r| r == (packet.track, packet.layer)) {
             // Finish the picture being written (a decoder cannot use half of
             // one), drop the rest, and restart on the keyframe.
             let in_progress = self.last_written_ts;
@@ -557,11 +565,6 @@ impl Peer {
 /// Remote ICE candidates one session may give (offer and trickle together).
 /// Real clients give a handful; each one is a destination of our checks.
 pub const MAX_REMOTE_CANDIDATES: usize = 64;
-
-/// Where a viewer's bandwidth estimate starts: a layer up to this fits at once (a
-/// viewer that cannot carry it moves down within a round trip or two of feedback),
-/// and probing takes it higher.
-pub const VIEWER_INITIAL_ESTIMATE_BPS: u64 = 2_000_000;
 
 fn count_candidates(sdp: &str) -> usize {
     sdp.lines()

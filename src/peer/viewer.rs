@@ -29,10 +29,12 @@ pub struct ViewerSide {
     keyframe_wish: Option<(u64, u8)>,
     /// The desired bitrate last given to str0m's estimator (it probes towards it).
     desired_bps: Option<u64>,
+    /// Layer switches made and not yet counted by the shard.
+    switches: u32,
 }
 
 /// What the viewer's audio is reckoned to take of its bandwidth estimate.
-const AUDIO_SHARE_BPS: u64 = 64_000;
+pub const AUDIO_SHARE_BPS: u64 = 64_000;
 
 /// One outgoing m-line of the viewer and what it currently shows.
 #[derive(Debug)]
@@ -165,6 +167,11 @@ impl ViewerSide {
         })
     }
 
+    /// Layer switches made since the last call.
+    pub fn take_switches(&mut self) -> u32 {
+        std::mem::take(&mut self.switches)
+    }
+
     /// A keyframe wanted for a layer switch: (track, layer), once per wish.
     pub fn take_keyframe_wish(&mut self) -> Option<(u64, u8)> {
         self.keyframe_wish.take()
@@ -229,7 +236,10 @@ impl ViewerSide {
             }
             match admit {
                 Admit::Skip => return WriteOutcome::Skipped,
-                Admit::Switch => forwarder.clear_source(),
+                Admit::Switch => {
+                    forwarder.clear_source();
+                    self.switches += 1;
+                }
                 Admit::Forward => {}
             }
         }

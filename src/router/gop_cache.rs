@@ -51,6 +51,11 @@ impl GopCache {
         self.packets.push_back(Arc::clone(packet));
     }
 
+    /// When its keyframe arrived (`None` while empty).
+    pub fn keyframe_arrival(&self) -> Option<std::time::Instant> {
+        self.packets.front().map(|p| p.arrival)
+    }
+
     /// The packets a new viewer needs, keyframe first, in arrival order.
     pub fn snapshot(&self) -> Vec<Arc<MediaPacket>> {
         self.packets.iter().cloned().collect()

@@ -251,13 +251,23 @@ impl Router {
             .unwrap_or_default()
     }
 
-    /// The cached group of one layer, if it holds one.
-    pub fn layer_snapshot(&self, room: &str, track: u64, layer: u8) -> Vec<Arc<MediaPacket>> {
-        self.rooms
-            .get(room)
-            .and_then(|r| r.gops.iter().find(|c| c.track == track && c.layer == layer))
-            .map(|c| c.gop.snapshot())
-            .unwrap_or_default()
+    /// The cached group of one layer, if its keyframe arrived within `max_age`
+    /// of `now`: a layer switch can start on it at once.
+    pub fn fresh_layer_snapshot(
+        &self,
+        room: &str,
+        (track, layer): (u64, u8),
+        now: Instant,
+        max_age: std::time::Duration,
+    ) -> Option<Vec<Arc<MediaPacket>>> {
+        let cache = self
+            .rooms
+            .get(room)?
+            .gops
+            .iter()
+            .find(|c| c.track == track && c.layer == layer)?;
+        let keyframe = cache.gop.keyframe_arrival()?;
+        (now.saturating_duration_since(keyframe) <= max_age).then(|| cache.gop.snapshot())
     }
 
     /// A viewer of `room` joined (`+1`) or left (`-1`) on `shard`. Every shard

@@ -63,6 +63,15 @@ pub enum Command {
         viewer: PeerKey,
         shard: usize,
     },
+    /// To the publisher's shard: `viewer` (on `shard`) switches to `layer` of
+    /// `room`: send it that layer's cache if it is fresh, or ask the publisher for
+    /// a keyframe of it.
+    WantLayer {
+        room: RoomId,
+        layer: (u64, u8),
+        viewer: PeerKey,
+        shard: usize,
+    },
     /// From the publisher's shard: what `viewer` needs to start (may be empty).
     Replay {
         viewer: PeerKey,
@@ -102,7 +111,9 @@ impl Command {
     /// What the inbox may do with it when it is full (see `handle.rs`).
     pub fn class(&self) -> CommandClass {
         match self {
-            Command::Media(_) | Command::WantKeyframe { .. } => CommandClass::Media,
+            Command::Media(_) | Command::WantKeyframe { .. } | Command::WantLayer { .. } => {
+                CommandClass::Media
+            }
             Command::Accept(_) | Command::Patch { .. } | Command::Layer { .. } => {
                 CommandClass::Request
             }

@@ -70,9 +70,9 @@ const OFFER_GAVE_UP: &str = "the offer's HTTP request gave up waiting";
 /// Commands handled per loop turn, for the same reason.
 const COMMAND_BUDGET: usize = 1024;
 
-/// The video bitrate a new viewer's estimate starts with: which simulcast layer's
-/// keyframe cache it is given.
-const INITIAL_VIDEO_BPS: u64 = crate::peer::VIEWER_INITIAL_ESTIMATE_BPS - 64_000;
+/// A layer switch starts on that layer's keyframe cache when its keyframe is no
+/// older than this (a short burst, no wait); otherwise on a keyframe asked for.
+const FRESH_LAYER_CACHE: Duration = Duration::from_millis(1000);
 
 /// A shard built and bound but not yet running.
 pub struct Shard {
@@ -110,6 +110,10 @@ impl Shard {
             dtls_cert,
             local_candidates: sockets.candidates(&config.media.public_ips),
             reap_timeout: config.session.reap_timeout,
+            viewer_initial_estimate: match config.media.viewer_initial_estimate_kbps {
+                0 => None,
+                kbps => Some(str0m::bwe::Bitrate::kbps(kbps)),
+            },
         };
         let shard = Shard {
             index,
@@ -597,12 +601,18 @@ impl ShardLoop {
                 let now = Instant::now();
                 let packets = self
                     .router
-                    .gop_snapshot(&room, Some(INITIAL_VIDEO_BPS), now);
+                    .gop_snapshot(&room, self.initial_video_bps(), now);
                 self.request_keyframe_here(&room, None, now);
                 if let Some(handle) = self.shards.get(shard) {
                     handle.send(Command::Replay { viewer, packets });
                 }
             }
+            Command::WantLayer {
+                room,
+                layer,
+                viewer,
+                shard,
+            } => self.serve_layer(&room, layer, viewer, shard, Instant::now()),
             Command::Replay { viewer, packets } => self.replay(viewer, &packets),
             Command::Ping(reply) => {
                 let _ = reply.send(());
@@ -960,7 +970,7 @@ impl ShardLoop {
         };
         let now = Instant::now();
         let mut wants_keyframe = false;
-        let mut layer_wishes: Vec<(RoomId, (u64, u8))> = Vec::new();
+        let mut layer_wishes: Vec<(PeerKey, (u64, u8))> = Vec::new();
         for key in &room.viewers {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
@@ -979,9 +989,11 @@ impl ShardLoop {
             }
             let outcome = peer.write(packet);
             if let Some(layer) = peer.viewer.take_keyframe_wish() {
-                if !layer_wishes.iter().any(|(_, l)| *l == layer) {
-                    layer_wishes.push((packet.room.clone(), layer));
-                }
+                layer_wishes.push((*key, layer));
+            }
+            let switches = peer.viewer.take_switches();
+            if switches > 0 {
+                self.metrics.layer_switches.inc_by(u64::from(switches));
             }
             match outcome {
                 WriteOutcome::Written => {
@@ -1012,8 +1024,8 @@ impl ShardLoop {
             let room = packet.room.clone();
             self.request_keyframe_anywhere(&room, None, now);
         }
-        for (room, layer) in layer_wishes {
-            self.request_keyframe_anywhere(&room, Some(layer), now);
+        for (viewer, layer) in layer_wishes {
+            self.want_layer(&packet.room, layer, viewer, now);
         }
     }
 
@@ -1033,7 +1045,7 @@ impl ShardLoop {
         if local_publisher.is_some() {
             let packets = self
                 .router
-                .gop_snapshot(&room, Some(INITIAL_VIDEO_BPS), now);
+                .gop_snapshot(&room, self.initial_video_bps(), now);
             if !packets.is_empty() {
                 self.replay(key, &packets);
             }
@@ -1114,6 +1126,59 @@ impl ShardLoop {
             peer.keyframe_asked = Some(now);
         }
         self.request_keyframe_anywhere(room, None, now);
+    }
+
+    /// The video bitrate a new viewer's estimate starts with (its audio's share
+    /// taken off): which simulcast layer's keyframe cache it is given.
+    fn initial_video_bps(&self) -> Option<u64> {
+        self.settings
+            .viewer_initial_estimate
+            .map(|b| b.as_u64().saturating_sub(crate::peer::AUDIO_SHARE_BPS))
+    }
+
+    /// A viewer switches to `layer`: it starts at once on that layer's cache where
+    /// the cache is fresh, or on the keyframe asked of the publisher.
+    fn want_layer(&mut self, room: &RoomId, layer: (u64, u8), viewer: PeerKey, now: Instant) {
+        match self.router.room(room).and_then(|r| r.publisher_shard()) {
+            Some(shard) if shard == self.index => {
+                self.serve_layer(room, layer, viewer, self.index, now)
+            }
+            Some(shard) => {
+                self.shards[shard].send(Command::WantLayer {
+                    room: room.clone(),
+                    layer,
+                    viewer,
+                    shard: self.index,
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// On the publisher's shard: `layer`'s fresh cache to `viewer` (on `shard`),
+    /// or a keyframe request.
+    fn serve_layer(
+        &mut self,
+        room: &RoomId,
+        layer: (u64, u8),
+        viewer: PeerKey,
+        shard: usize,
+        now: Instant,
+    ) {
+        match self
+            .router
+            .fresh_layer_snapshot(room, layer, now, FRESH_LAYER_CACHE)
+        {
+            Some(packets) if shard == self.index => {
+                self.metrics.layer_cache_switches.inc();
+                self.replay(viewer, &packets);
+            }
+            Some(packets) => {
+                self.metrics.layer_cache_switches.inc();
+                self.shards[shard].send(Command::Replay { viewer, packets });
+            }
+            None => self.request_keyframe_here(room, Some(layer), now),
+        }
     }
 
     /// Asks `room`'s publisher, wherever it lives, for a keyframe of one
