@@ -11,6 +11,7 @@ pub mod media;
 pub mod obs;
 pub mod peer;
 pub mod rng;
+pub mod shaper;
 pub mod vp8_tag;
 
 use std::future::Future;
@@ -125,6 +126,8 @@ pub struct ViewerOptions {
     /// Header extension URIs left out of the offer, as a client that does not
     /// know them would.
     pub unsupported_extensions: Vec<&'static str>,
+    /// Reach the server through this bottleneck link.
+    pub via: Option<std::sync::Arc<shaper::Shaper>>,
 }
 
 impl Default for ViewerOptions {
@@ -135,11 +138,17 @@ impl Default for ViewerOptions {
             codecs: Codecs::Default,
             dtls: ClientDtls::default(),
             unsupported_extensions: Vec::new(),
+            via: None,
         }
     }
 }
 
 impl ViewerOptions {
+    pub fn via(mut self, shaper: std::sync::Arc<shaper::Shaper>) -> Self {
+        self.via = Some(shaper);
+        self
+    }
+
     pub fn codecs(mut self, c: Codecs) -> Self {
         self.codecs = c;
         self
@@ -276,6 +285,7 @@ async fn negotiate(
     path: &str,
     pending: PendingPeer,
     send: Option<SendConfig>,
+    via: Option<&shaper::Shaper>,
 ) -> Result<(Peer, Session), String> {
     let offer = pending.offer.clone();
     let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
@@ -286,8 +296,12 @@ async fn negotiate(
         ));
     }
     let session = Session::created(http_addr, path, offer, resp)?;
+    let answer = match via {
+        Some(shaper) => shaper.rewrite_answer(&session.answer),
+        None => session.answer.clone(),
+    };
     let peer = pending
-        .accept(name, &session.answer, send)
+        .accept(name, &answer, send)
         .map_err(|e| format!("POST {path}: {e}"))?;
     Ok((peer, session))
 }
@@ -320,6 +334,7 @@ impl Publisher {
             &format!("/whip/{room}"),
             PendingPeer::offer_with(options.codecs, options.dtls, &lines)?,
             Some(options.send.clone()),
+            None,
         )
         .await?;
         Ok(Publisher {
@@ -397,6 +412,7 @@ impl Viewer {
             PendingPeer::offer_with(options.codecs, options.dtls, &lines)?
                 .without_extensions(&options.unsupported_extensions),
             None,
+            options.via.as_deref(),
         )
         .await?;
         Ok(Viewer {
