@@ -124,8 +124,9 @@ fn assert_clean_switches(viewer: &Viewer, gapless: bool) -> Vec<u8> {
         let id = p.identity().expect("every video payload names itself");
         let layer = tag_layer(id.tag);
         if layers.last() != Some(&layer) {
+            // (On a lossy link the keyframe's first packets may be the lost ones.)
             assert!(
-                id.keyframe && id.packet == 0,
+                id.keyframe && (id.packet == 0 || !gapless),
                 "packet {i} switches to layer {layer} on {id:?}, not on a keyframe's first packet"
             );
             layers.push(layer);

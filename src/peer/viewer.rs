@@ -322,7 +322,9 @@ fn want_probing(rtc: &mut Rtc, desired: &mut Option<u64>, layers: &TrackLayers, 
         .map(|l| l.bitrate_bps)
         .max()
         .unwrap_or(0);
-    let wanted = (best as f64 * UP_HEADROOM) as u64 + AUDIO_SHARE_BPS;
+    // Probe beyond the bar the best layer must clear (its bitrate with headroom),
+    // so an estimate that reaches it is not left hovering on it.
+    let wanted = (best as f64 * UP_HEADROOM * PROBE_MARGIN) as u64 + AUDIO_SHARE_BPS;
     // Only a change of more than a tenth is worth telling.
     let changed = desired.is_none_or(|d| wanted.abs_diff(d) * 10 > d);
     if best > 0 && changed {
@@ -333,6 +335,9 @@ fn want_probing(rtc: &mut Rtc, desired: &mut Option<u64>, layers: &TrackLayers, 
         );
     }
 }
+
+/// How far beyond the best layer's bar the estimator is asked to probe.
+const PROBE_MARGIN: f64 = 1.3;
 
 /// How a replayed packet's timestamp is moved (see [`plan_replay`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

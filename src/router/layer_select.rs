@@ -20,8 +20,11 @@ use super::resolution::Resolution;
 /// A better layer must fit the estimate this many times over before it is taken.
 pub const UP_HEADROOM: f64 = 1.25;
 
-/// ...and keep fitting for this long.
+/// ...and keep fitting for this long...
 pub const UP_HOLD: Duration = Duration::from_secs(2);
+
+/// ...where a dip of the estimate shorter than this does not count.
+pub const DIP_TOLERANCE: Duration = Duration::from_millis(500);
 
 /// One layer of a track as a viewer sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,8 @@ pub struct LayerSelector {
     current: Option<u8>,
     /// Since when a better layer than the current one has fitted.
     better_since: Option<Instant>,
+    /// Since when, during that hold, it has not.
+    dip_since: Option<Instant>,
 }
 
 impl LayerSelector {
@@ -150,13 +155,19 @@ impl LayerSelector {
             self.current = Some(best_fitting.index);
         } else if position(best_fitting_with_headroom) < current {
             // A better layer fits with room to spare: up once that has held.
+            self.dip_since = None;
             let since = *self.better_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= UP_HOLD {
                 self.better_since = None;
                 self.current = Some(best_fitting_with_headroom.index);
             }
-        } else {
-            self.better_since = None;
+        } else if self.better_since.is_some() {
+            // A dip of the estimate (it is noisy) breaks the hold only if it lasts.
+            let dip = *self.dip_since.get_or_insert(now);
+            if now.saturating_duration_since(dip) >= DIP_TOLERANCE {
+                self.better_since = None;
+                self.dip_since = None;
+            }
         }
         self.current
     }
@@ -284,6 +295,42 @@ mod tests {
             [2, 1, 1, 1, 1, 1, 2, 0].map(Some).to_vec(),
             "{choices:?}"
         );
+    }
+
+    #[test]
+    fn a_short_dip_of_the_estimate_does_not_break_the_hold_a_long_one_does() {
+        let layers = chrome_layers();
+        let t0 = Instant::now();
+        let mut s = LayerSelector::default();
+        let choices = run(
+            &mut s,
+            &layers,
+            &[
+                (0, 1000),    // half
+                (100, 2500),  // the top fits with headroom: the hold starts
+                (1000, 1700), // a dip (no headroom) for 400 ms...
+                (1400, 2500), // ...forgiven
+                (2100, 2500), // held 2 s since 100 ms: up
+            ],
+            t0,
+        );
+        assert_eq!(choices, [1, 1, 1, 1, 2].map(Some).to_vec());
+        let mut s = LayerSelector::default();
+        let choices = run(
+            &mut s,
+            &layers,
+            &[
+                (0, 1000),
+                (100, 2500),  // the hold starts
+                (1000, 1700), // a dip...
+                (1600, 1700), // ...of 600 ms: the hold is broken
+                (1700, 2500), // starts again
+                (2100, 2500),
+                (3700, 2500), // 2 s after it started again: up
+            ],
+            t0,
+        );
+        assert_eq!(choices, [1, 1, 1, 1, 1, 1, 2].map(Some).to_vec());
     }
 
     #[test]
