@@ -3,6 +3,7 @@
 //! forwarded packets into its outgoing streams. A peer lives on exactly one shard
 //! and is only touched there.
 
+mod answer;
 mod credentials;
 pub mod offer;
 mod publisher;
@@ -242,7 +243,13 @@ impl Peer {
                 offer::FORWARDED_CODECS.join(", ")
             )));
         }
-        Ok((peer, answer.to_sdp_string()))
+        let answer = answer.to_sdp_string();
+        let answer = match role {
+            // One media stream, so the viewer's browser syncs audio and video.
+            Role::Viewer => answer::one_media_stream(&answer),
+            Role::Publisher => answer,
+        };
+        Ok((peer, answer))
     }
 
     /// An ICE restart asked by the client (WHIP/WHEP PATCH with new credentials):
