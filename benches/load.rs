@@ -18,6 +18,7 @@
 //! cargo bench --bench load                  # 50 and 200 viewers
 //! cargo bench --bench load -- 50 100 200    # any list of viewer counts
 //! LOAD_VIEWERS=100 LOAD_WINDOW_SECS=5 cargo bench --bench load
+//! LOAD_ESTIMATE_KBPS=0 cargo bench --bench load -- 200   # viewers without TWCC estimation
 //! ```
 //!
 //! `cargo test --all-targets` runs this binary without `--bench`: it then runs a
@@ -254,6 +255,14 @@ fn run(plan: Plan) -> Result<Row, String> {
         .map_err(|e| format!("client runtime: {e}"))?;
     let mut config = Config::for_tests();
     config.media.shards = 2;
+    // LOAD_ESTIMATE_KBPS=0 runs without viewers' bandwidth estimation (TWCC), to
+    // measure what it costs.
+    if let Some(kbps) = std::env::var("LOAD_ESTIMATE_KBPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.media.viewer_initial_estimate_kbps = kbps;
+    }
     let server = server_rt
         .block_on(Server::start(config))
         .map_err(|e| format!("server start: {e}"))?;
