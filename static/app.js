@@ -9,7 +9,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     form: $('controls'), room: $('room'), mode: $('mode'), codec: $('codec'), token: $('token'),
-    start: $('start'), stop: $('stop'), error: $('error'), state: $('state'), ice: $('ice'),
+    start: $('start'), stop: $('stop'), restart: $('restart'), error: $('error'), state: $('state'), ice: $('ice'),
     resource: $('resource'), video: $('video'), stats: $('stats'), hint: $('endpoint-hint'),
   };
 
@@ -29,6 +29,8 @@
     stats: null, // the latest summary the stats table shows
     start: (opts) => start(opts),
     stop: () => stop(),
+    restartIce: () => restartIce(), // resolves true when the server took the restart (PATCH 200)
+    restarts: 0, // ICE restarts completed in this session
   });
 
   let session = null; // { pc, mode, room, token, resourceUrl, etag, stream, postedSdp, lateCandidates, timer, prev }
@@ -51,6 +53,7 @@
   function setRunning(running) {
     ui.start.disabled = running;
     ui.stop.disabled = !running;
+    ui.restart.disabled = !running;
     for (const el of [ui.room, ui.mode, ui.codec, ui.token]) if (el) el.disabled = running;
   }
 
@@ -140,6 +143,12 @@
 
   async function trickle(s, endOfCandidates) {
     if (!s.resourceUrl || s.stopped) return;
+    // While an ICE restart's PATCH is in flight, a trickle with the new credentials could reach
+    // the server first and be taken for the restart: hold it until the restart is answered.
+    if (s.restarting) {
+      s.trickleAfterRestart = s.trickleAfterRestart || endOfCandidates;
+      return;
+    }
     const candidates = s.lateCandidates.splice(0);
     // Nothing the server has not seen: keep the flow to one POST (but close a trickle that was started).
     if (candidates.length === 0 && !(endOfCandidates && s.trickled)) return;
@@ -171,6 +180,94 @@
       if (!res.ok) console.warn('[switchboard]', await describeFailure(res, 'Trickle ICE (PATCH)'));
     } catch (err) {
       console.warn('[switchboard] trickle ICE (PATCH) failed:', err);
+    }
+  }
+
+  // ---------- ICE restart (RFC 9725 §4.4: PATCH an sdpfrag with new credentials) ----------
+
+  // The fragment that restarts ICE: the offer's new credentials, then each m-line with its mid
+  // and the candidates gathered so far.
+  function restartFragment(sdp) {
+    const ufrag = sdpAttribute(sdp, 'ice-ufrag');
+    const pwd = sdpAttribute(sdp, 'ice-pwd');
+    if (!ufrag || !pwd) throw new Error('ICE restart: the new offer has no ice-ufrag/ice-pwd');
+    const lines = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`];
+    for (const section of sdp.split(/\r?\n(?=m=)/).slice(1)) {
+      const sl = section.split(/\r?\n/);
+      const mid = sl.find((l) => l.startsWith('a=mid:'));
+      if (!mid) continue;
+      lines.push(sl[0], mid, ...sl.filter((l) => l.startsWith('a=candidate:') || l === 'a=end-of-candidates'));
+    }
+    return lines.join('\r\n') + '\r\n';
+  }
+
+  // The current remote description with the server's new credentials and candidates (the
+  // PATCH answer) in place of the old ones: WHIP/WHEP renegotiate nothing else.
+  function withRemoteFragment(sdp, frag) {
+    const ufrag = sdpAttribute(frag, 'ice-ufrag');
+    const pwd = sdpAttribute(frag, 'ice-pwd');
+    if (!ufrag || !pwd) throw new Error('ICE restart: the server answered without ice-ufrag/ice-pwd');
+    const fragLines = frag.split(/\r?\n/).map((l) => l.trim());
+    const candidates = fragLines.filter((l) => l.startsWith('a=candidate:'));
+    const ended = fragLines.includes('a=end-of-candidates');
+    const sections = sdp.split(/\r?\n(?=m=)/).map((section, i) => {
+      const lines = section
+        .split(/\r?\n/)
+        .filter((l) => l && !l.startsWith('a=candidate:') && l !== 'a=end-of-candidates')
+        .map((l) => (l.startsWith('a=ice-ufrag:') ? `a=ice-ufrag:${ufrag}` : l.startsWith('a=ice-pwd:') ? `a=ice-pwd:${pwd}` : l));
+      // Everything is bundled on the first m-line's transport.
+      if (i === 1) lines.push(...candidates, ...(ended ? ['a=end-of-candidates'] : []));
+      return lines.join('\r\n');
+    });
+    return sections.join('\r\n') + '\r\n';
+  }
+
+  // restartIce() + a new offer; its fragment is PATCHed to the session and the answer's
+  // credentials become the new remote ones. Same session, same resource, no new POST.
+  async function restartIce() {
+    const s = session;
+    if (!s || !s.resourceUrl || s.stopped) throw new Error('There is no session to restart.');
+    if (s.restarting) return s.restarting;
+    s.restarting = (async () => {
+      const pc = s.pc;
+      pc.restartIce();
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIceGathering(pc, GATHER_TIMEOUT_MS);
+      if (s.stopped) return false;
+      const offer = pc.localDescription.sdp;
+      // Candidates in this offer go with the restart; later ones are trickled after it.
+      s.postedSdp = offer;
+      s.lateCandidates = s.lateCandidates.filter((c) => !offer.includes(c.candidate));
+      let res;
+      try {
+        res = await fetch(s.resourceUrl, {
+          method: 'PATCH',
+          // RFC 9725: a restart's If-Match is `*`; the answer carries the new ICE session's ETag.
+          headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*', ...authHeaders(s.token) },
+          body: restartFragment(offer),
+        });
+      } catch (err) {
+        throw new Error(`ICE restart (PATCH) failed: ${err.message}`);
+      }
+      if (res.status !== 200) throw new Error(await describeFailure(res, 'ICE restart (PATCH)'));
+      s.etag = res.headers.get('ETag') || s.etag;
+      const frag = await res.text();
+      if (s.stopped) return false;
+      await pc.setRemoteDescription({ type: 'answer', sdp: withRemoteFragment(pc.remoteDescription.sdp, frag) });
+      s.restarts += 1;
+      if (session === s) sb.restarts = s.restarts;
+      return true;
+    })();
+    try {
+      return await s.restarting;
+    } catch (err) {
+      if (session === s) showError(err.message || String(err));
+      throw err;
+    } finally {
+      s.restarting = null;
+      const end = s.trickleAfterRestart;
+      s.trickleAfterRestart = false;
+      if (!s.stopped) trickle(s, end || s.pc.iceGatheringState === 'complete');
     }
   }
 
@@ -258,9 +355,10 @@
     const s = {
       pc, mode, room, token, resourceUrl: null, etag: null, stream: null, postedSdp: null,
       lateCandidates: [], trickled: false, stopped: false, timer: null, prev: new Map(),
+      restarting: null, trickleAfterRestart: false, restarts: 0,
     };
     session = s;
-    Object.assign(sb, { pc, mode, room, resource: null, stats: null });
+    Object.assign(sb, { pc, mode, room, resource: null, stats: null, restarts: 0 });
 
     pc.addEventListener('connectionstatechange', () => {
       if (session !== s) return;
@@ -391,6 +489,7 @@
     start();
   });
   ui.stop.addEventListener('click', () => stop());
+  ui.restart.addEventListener('click', () => restartIce().catch(() => { /* shown by restartIce */ }));
   ui.room.addEventListener('input', updateHint);
   ui.mode.addEventListener('change', () => {
     if (ui.codec) ui.codec.closest('label').hidden = ui.mode.value !== 'publish';
