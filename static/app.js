@@ -1,7 +1,7 @@
 // Switchboard demo page: publish camera + microphone over WHIP, or watch a room over WHEP.
 // Plain browser JavaScript, no build step and no dependencies.
 //
-// URL parameters: ?room=NAME&mode=publish|watch&autostart=1&codec=vp8|vp9|h264|av1&token=JWT&trickle=1
+// URL parameters: ?room=NAME&mode=publish|watch&autostart=1&codec=vp8|vp9|h264|av1&token=JWT&trickle=1&stats=MS
 // For tests: window.switchboard = { pc, state, lastError, ... } always describes the current session.
 'use strict';
 
@@ -17,7 +17,9 @@
   // How long to wait for ICE gathering before posting the offer; later candidates are trickled (PATCH).
   // ?trickle=1 posts at once and sends every candidate by PATCH (exercises the server's trickle ICE).
   const GATHER_TIMEOUT_MS = params.get('trickle') === '1' ? 0 : 1000;
-  const STATS_INTERVAL_MS = 1000;
+  // How often the stats table refreshes (?stats=MS, at least 100); frame rates span about a second.
+  const STATS_INTERVAL_MS = Math.max(100, Number(params.get('stats')) || 1000);
+  const FPS_WINDOW_MS = 1000;
 
   const sb = (window.switchboard = {
     pc: null, // the current RTCPeerConnection (null when idle)
@@ -278,20 +280,87 @@
     return bps >= 1e6 ? `${(bps / 1e6).toFixed(2)} Mbit/s` : `${Math.round(bps / 1e3)} kbit/s`;
   }
 
+  // ---------- frame rates ----------
+  //
+  // Chromium's inbound-rtp framesPerSecond counts frames per wall-clock second as they come out
+  // of the decoder. A viewer who joins late gets the keyframe cache (seconds of video) in a
+  // fraction of a second, and that burst reads as 100+ fps for a 30 fps stream. The table shows
+  // instead the frames the page actually presented (requestVideoFrameCallback) over the last
+  // second, and never more than that many per second of the stream's own clock (RTP timestamps
+  // of the presented frames): a burst shown fast reads as the stream's rate, video that stands
+  // still reads 0. Sent video (and a browser without requestVideoFrameCallback) counts frames
+  // encoded (decoded) per wall-clock second between two stats samples.
+
+  // Follows the frames `video` presents for session `s` into s.presented: { t, presented, rtp }.
+  function watchPresentedFrames(s, video) {
+    if (!video.requestVideoFrameCallback || s.presented) return;
+    s.presented = [];
+    const onFrame = (now, meta) => {
+      if (session !== s || s.stopped) return;
+      const samples = s.presented;
+      const last = samples[samples.length - 1];
+      const sample = { t: now, presented: meta.presentedFrames, rtp: Number.isFinite(meta.rtpTimestamp) ? meta.rtpTimestamp : null };
+      // The stream's clock stepped back (a replayed frame after a newer one) or the count
+      // did: the samples before say nothing about the rate from here on.
+      const back = last && (sample.presented < last.presented || (sample.rtp != null && last.rtp != null && ((sample.rtp - last.rtp) >>> 0) >= 2 ** 31));
+      if (back) samples.length = 0;
+      samples.push(sample);
+      trimWindow(samples, now);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  // Drops the samples before the newest one that is a whole window old.
+  function trimWindow(samples, now) {
+    while (samples.length > 1 && now - samples[1].t >= FPS_WINDOW_MS) samples.shift();
+  }
+
+  // Presented frames per second over the last FPS_WINDOW_MS; null until a window is full.
+  function presentedRate(samples, now) {
+    trimWindow(samples, now);
+    const from = samples[0];
+    const last = samples[samples.length - 1];
+    if (!from || now - from.t < FPS_WINDOW_MS * 0.9) return null;
+    const frames = last.presented - from.presented;
+    const wall = (frames * 1000) / (now - from.t);
+    if (frames <= 0 || last.rtp == null || from.rtp == null) return wall;
+    const ticks = (last.rtp - from.rtp) >>> 0; // 90 kHz, modulo 2^32
+    return ticks > 0 && ticks < 60 * 90000 ? Math.min(wall, (frames * 90000) / ticks) : wall;
+  }
+
+  // Frames per wall-clock second between two stats samples { frames, t }.
+  function frameRate(prev, cur) {
+    if (!prev || cur.frames == null || prev.frames == null || !(cur.t > prev.t)) return null;
+    const frames = cur.frames - prev.frames;
+    return frames < 0 ? null : (frames * 1000) / (cur.t - prev.t);
+  }
+
   async function pollStats(s) {
     if (s.stopped || s.pc.signalingState === 'closed') return;
     let report;
     try { report = await s.pc.getStats(); } catch { return; }
     if (s.stopped) return;
+    const now = performance.now();
     const rows = [];
     const summary = {};
     report.forEach((r) => {
       if (r.type !== 'inbound-rtp' && r.type !== 'outbound-rtp') return;
       const inbound = r.type === 'inbound-rtp';
       const bytes = inbound ? r.bytesReceived : r.bytesSent;
-      const prev = s.prev.get(r.id);
+      // This stream's stats samples of the last FPS_WINDOW_MS (and one before), oldest first.
+      const history = s.prev.get(r.id) || [];
+      const prev = history[history.length - 1];
       const bitrate = prev && r.timestamp > prev.t ? ((bytes - prev.bytes) * 8 * 1000) / (r.timestamp - prev.t) : null;
-      s.prev.set(r.id, { bytes, t: r.timestamp });
+      const frames = r.kind === 'video' ? (inbound ? r.framesDecoded : r.framesEncoded) : undefined;
+      const sample = { bytes, t: r.timestamp, frames };
+      let from = null; // the newest sample about a window old
+      for (const h of history) if (sample.t - h.t >= FPS_WINDOW_MS * 0.9) from = h;
+      history.push(sample);
+      while (history.length > 1 && sample.t - history[1].t >= FPS_WINDOW_MS * 0.9) history.shift();
+      s.prev.set(r.id, history);
+      let fps = null;
+      if (r.kind === 'video') fps = inbound && s.presented ? presentedRate(s.presented, now) : frameRate(from, sample);
       const codec = r.codecId && report.get(r.codecId);
       let lost = inbound ? r.packetsLost : undefined;
       if (!inbound && r.remoteId && report.get(r.remoteId)) lost = report.get(r.remoteId).packetsLost;
@@ -302,9 +371,9 @@
         bitrate,
         packets: inbound ? r.packetsReceived : r.packetsSent,
         lost,
-        frames: r.kind === 'video' ? (inbound ? r.framesDecoded : r.framesEncoded) : undefined,
+        frames,
         resolution: r.frameWidth ? `${r.frameWidth}\u00d7${r.frameHeight}` : '',
-        fps: r.framesPerSecond,
+        fps,
       };
       rows.push(row);
       summary[`${row.direction}-${row.kind}`] = row;
@@ -355,7 +424,7 @@
     const s = {
       pc, mode, room, token, resourceUrl: null, etag: null, stream: null, postedSdp: null,
       lateCandidates: [], trickled: false, stopped: false, timer: null, prev: new Map(),
-      restarting: null, trickleAfterRestart: false, restarts: 0,
+      restarting: null, trickleAfterRestart: false, restarts: 0, presented: null,
     };
     session = s;
     Object.assign(sb, { pc, mode, room, resource: null, stats: null, restarts: 0 });
@@ -406,6 +475,7 @@
         pc.addEventListener('track', (e) => {
           remote.addTrack(e.track);
           ui.video.srcObject = remote;
+          watchPresentedFrames(s, ui.video);
           ui.video.play().catch(() => { /* autoplay needs the element muted; the user can unmute */ });
         });
       }
