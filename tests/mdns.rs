@@ -2,7 +2,8 @@
 //! when the page has no camera or microphone permission (a WHEP viewer, CLIENTS.md).
 //! The server cannot resolve such a name and does not try; it must accept the offer
 //! and learn the client's address from the client's own connectivity checks (a
-//! peer-reflexive candidate).
+//! peer-reflexive candidate). `tests/browser/mdns.mjs` does the same with a real
+//! Chromium viewer (in a private network namespace).
 
 mod support;
 
