@@ -219,6 +219,18 @@ impl Registry {
         lock(&self.slots).release(key);
     }
 
+    /// A new ETag for `key`'s session (after an ICE restart: the tag names the
+    /// current ICE session). False if the session is gone.
+    pub fn set_etag(&self, key: PeerKey, etag: &str) -> bool {
+        match self.sessions.get_mut(&key) {
+            Some(mut entry) => {
+                entry.etag = etag.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {
         self.sessions.get(&key).map(|e| e.clone())
     }

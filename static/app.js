@@ -1,7 +1,7 @@
 // Switchboard demo page: publish camera + microphone over WHIP, or watch a room over WHEP.
 // Plain browser JavaScript, no build step and no dependencies.
 //
-// URL parameters: ?room=NAME&mode=publish|watch&autostart=1&codec=vp8|vp9|h264|av1&token=JWT&trickle=1
+// URL parameters: ?room=NAME&mode=publish|watch&autostart=1&codec=vp8|vp9|h264|av1&token=JWT&trickle=1&stats=MS
 // For tests: window.switchboard = { pc, state, lastError, ... } always describes the current session.
 'use strict';
 
@@ -9,7 +9,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     form: $('controls'), room: $('room'), mode: $('mode'), codec: $('codec'), token: $('token'),
-    start: $('start'), stop: $('stop'), error: $('error'), state: $('state'), ice: $('ice'),
+    start: $('start'), stop: $('stop'), restart: $('restart'), error: $('error'), state: $('state'), ice: $('ice'),
     resource: $('resource'), video: $('video'), stats: $('stats'), hint: $('endpoint-hint'),
   };
 
@@ -17,7 +17,9 @@
   // How long to wait for ICE gathering before posting the offer; later candidates are trickled (PATCH).
   // ?trickle=1 posts at once and sends every candidate by PATCH (exercises the server's trickle ICE).
   const GATHER_TIMEOUT_MS = params.get('trickle') === '1' ? 0 : 1000;
-  const STATS_INTERVAL_MS = 1000;
+  // How often the stats table refreshes (?stats=MS, at least 100); frame rates span about a second.
+  const STATS_INTERVAL_MS = Math.max(100, Number(params.get('stats')) || 1000);
+  const FPS_WINDOW_MS = 1000;
 
   const sb = (window.switchboard = {
     pc: null, // the current RTCPeerConnection (null when idle)
@@ -29,6 +31,8 @@
     stats: null, // the latest summary the stats table shows
     start: (opts) => start(opts),
     stop: () => stop(),
+    restartIce: () => restartIce(), // resolves true when the server took the restart (PATCH 200)
+    restarts: 0, // ICE restarts completed in this session
   });
 
   let session = null; // { pc, mode, room, token, resourceUrl, etag, stream, postedSdp, lateCandidates, timer, prev }
@@ -51,6 +55,7 @@
   function setRunning(running) {
     ui.start.disabled = running;
     ui.stop.disabled = !running;
+    ui.restart.disabled = !running;
     for (const el of [ui.room, ui.mode, ui.codec, ui.token]) if (el) el.disabled = running;
   }
 
@@ -140,6 +145,12 @@
 
   async function trickle(s, endOfCandidates) {
     if (!s.resourceUrl || s.stopped) return;
+    // While an ICE restart's PATCH is in flight, a trickle with the new credentials could reach
+    // the server first and be taken for the restart: hold it until the restart is answered.
+    if (s.restarting) {
+      s.trickleAfterRestart = s.trickleAfterRestart || endOfCandidates;
+      return;
+    }
     const candidates = s.lateCandidates.splice(0);
     // Nothing the server has not seen: keep the flow to one POST (but close a trickle that was started).
     if (candidates.length === 0 && !(endOfCandidates && s.trickled)) return;
@@ -174,6 +185,94 @@
     }
   }
 
+  // ---------- ICE restart (RFC 9725 §4.4: PATCH an sdpfrag with new credentials) ----------
+
+  // The fragment that restarts ICE: the offer's new credentials, then each m-line with its mid
+  // and the candidates gathered so far.
+  function restartFragment(sdp) {
+    const ufrag = sdpAttribute(sdp, 'ice-ufrag');
+    const pwd = sdpAttribute(sdp, 'ice-pwd');
+    if (!ufrag || !pwd) throw new Error('ICE restart: the new offer has no ice-ufrag/ice-pwd');
+    const lines = [`a=ice-ufrag:${ufrag}`, `a=ice-pwd:${pwd}`];
+    for (const section of sdp.split(/\r?\n(?=m=)/).slice(1)) {
+      const sl = section.split(/\r?\n/);
+      const mid = sl.find((l) => l.startsWith('a=mid:'));
+      if (!mid) continue;
+      lines.push(sl[0], mid, ...sl.filter((l) => l.startsWith('a=candidate:') || l === 'a=end-of-candidates'));
+    }
+    return lines.join('\r\n') + '\r\n';
+  }
+
+  // The current remote description with the server's new credentials and candidates (the
+  // PATCH answer) in place of the old ones: WHIP/WHEP renegotiate nothing else.
+  function withRemoteFragment(sdp, frag) {
+    const ufrag = sdpAttribute(frag, 'ice-ufrag');
+    const pwd = sdpAttribute(frag, 'ice-pwd');
+    if (!ufrag || !pwd) throw new Error('ICE restart: the server answered without ice-ufrag/ice-pwd');
+    const fragLines = frag.split(/\r?\n/).map((l) => l.trim());
+    const candidates = fragLines.filter((l) => l.startsWith('a=candidate:'));
+    const ended = fragLines.includes('a=end-of-candidates');
+    const sections = sdp.split(/\r?\n(?=m=)/).map((section, i) => {
+      const lines = section
+        .split(/\r?\n/)
+        .filter((l) => l && !l.startsWith('a=candidate:') && l !== 'a=end-of-candidates')
+        .map((l) => (l.startsWith('a=ice-ufrag:') ? `a=ice-ufrag:${ufrag}` : l.startsWith('a=ice-pwd:') ? `a=ice-pwd:${pwd}` : l));
+      // Everything is bundled on the first m-line's transport.
+      if (i === 1) lines.push(...candidates, ...(ended ? ['a=end-of-candidates'] : []));
+      return lines.join('\r\n');
+    });
+    return sections.join('\r\n') + '\r\n';
+  }
+
+  // restartIce() + a new offer; its fragment is PATCHed to the session and the answer's
+  // credentials become the new remote ones. Same session, same resource, no new POST.
+  async function restartIce() {
+    const s = session;
+    if (!s || !s.resourceUrl || s.stopped) throw new Error('There is no session to restart.');
+    if (s.restarting) return s.restarting;
+    s.restarting = (async () => {
+      const pc = s.pc;
+      pc.restartIce();
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIceGathering(pc, GATHER_TIMEOUT_MS);
+      if (s.stopped) return false;
+      const offer = pc.localDescription.sdp;
+      // Candidates in this offer go with the restart; later ones are trickled after it.
+      s.postedSdp = offer;
+      s.lateCandidates = s.lateCandidates.filter((c) => !offer.includes(c.candidate));
+      let res;
+      try {
+        res = await fetch(s.resourceUrl, {
+          method: 'PATCH',
+          // RFC 9725: a restart's If-Match is `*`; the answer carries the new ICE session's ETag.
+          headers: { 'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '*', ...authHeaders(s.token) },
+          body: restartFragment(offer),
+        });
+      } catch (err) {
+        throw new Error(`ICE restart (PATCH) failed: ${err.message}`);
+      }
+      if (res.status !== 200) throw new Error(await describeFailure(res, 'ICE restart (PATCH)'));
+      s.etag = res.headers.get('ETag') || s.etag;
+      const frag = await res.text();
+      if (s.stopped) return false;
+      await pc.setRemoteDescription({ type: 'answer', sdp: withRemoteFragment(pc.remoteDescription.sdp, frag) });
+      s.restarts += 1;
+      if (session === s) sb.restarts = s.restarts;
+      return true;
+    })();
+    try {
+      return await s.restarting;
+    } catch (err) {
+      if (session === s) showError(err.message || String(err));
+      throw err;
+    } finally {
+      s.restarting = null;
+      const end = s.trickleAfterRestart;
+      s.trickleAfterRestart = false;
+      if (!s.stopped) trickle(s, end || s.pc.iceGatheringState === 'complete');
+    }
+  }
+
   // ---------- stats ----------
 
   function fmtBitrate(bps) {
@@ -181,20 +280,87 @@
     return bps >= 1e6 ? `${(bps / 1e6).toFixed(2)} Mbit/s` : `${Math.round(bps / 1e3)} kbit/s`;
   }
 
+  // ---------- frame rates ----------
+  //
+  // Chromium's inbound-rtp framesPerSecond counts frames per wall-clock second as they come out
+  // of the decoder. A viewer who joins late gets the keyframe cache (seconds of video) in a
+  // fraction of a second, and that burst reads as 100+ fps for a 30 fps stream. The table shows
+  // instead the frames the page actually presented (requestVideoFrameCallback) over the last
+  // second, and never more than that many per second of the stream's own clock (RTP timestamps
+  // of the presented frames): a burst shown fast reads as the stream's rate, video that stands
+  // still reads 0. Sent video (and a browser without requestVideoFrameCallback) counts frames
+  // encoded (decoded) per wall-clock second between two stats samples.
+
+  // Follows the frames `video` presents for session `s` into s.presented: { t, presented, rtp }.
+  function watchPresentedFrames(s, video) {
+    if (!video.requestVideoFrameCallback || s.presented) return;
+    s.presented = [];
+    const onFrame = (now, meta) => {
+      if (session !== s || s.stopped) return;
+      const samples = s.presented;
+      const last = samples[samples.length - 1];
+      const sample = { t: now, presented: meta.presentedFrames, rtp: Number.isFinite(meta.rtpTimestamp) ? meta.rtpTimestamp : null };
+      // The stream's clock stepped back (a replayed frame after a newer one) or the count
+      // did: the samples before say nothing about the rate from here on.
+      const back = last && (sample.presented < last.presented || (sample.rtp != null && last.rtp != null && ((sample.rtp - last.rtp) >>> 0) >= 2 ** 31));
+      if (back) samples.length = 0;
+      samples.push(sample);
+      trimWindow(samples, now);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  // Drops the samples before the newest one that is a whole window old.
+  function trimWindow(samples, now) {
+    while (samples.length > 1 && now - samples[1].t >= FPS_WINDOW_MS) samples.shift();
+  }
+
+  // Presented frames per second over the last FPS_WINDOW_MS; null until a window is full.
+  function presentedRate(samples, now) {
+    trimWindow(samples, now);
+    const from = samples[0];
+    const last = samples[samples.length - 1];
+    if (!from || now - from.t < FPS_WINDOW_MS * 0.9) return null;
+    const frames = last.presented - from.presented;
+    const wall = (frames * 1000) / (now - from.t);
+    if (frames <= 0 || last.rtp == null || from.rtp == null) return wall;
+    const ticks = (last.rtp - from.rtp) >>> 0; // 90 kHz, modulo 2^32
+    return ticks > 0 && ticks < 60 * 90000 ? Math.min(wall, (frames * 90000) / ticks) : wall;
+  }
+
+  // Frames per wall-clock second between two stats samples { frames, t }.
+  function frameRate(prev, cur) {
+    if (!prev || cur.frames == null || prev.frames == null || !(cur.t > prev.t)) return null;
+    const frames = cur.frames - prev.frames;
+    return frames < 0 ? null : (frames * 1000) / (cur.t - prev.t);
+  }
+
   async function pollStats(s) {
     if (s.stopped || s.pc.signalingState === 'closed') return;
     let report;
     try { report = await s.pc.getStats(); } catch { return; }
     if (s.stopped) return;
+    const now = performance.now();
     const rows = [];
     const summary = {};
     report.forEach((r) => {
       if (r.type !== 'inbound-rtp' && r.type !== 'outbound-rtp') return;
       const inbound = r.type === 'inbound-rtp';
       const bytes = inbound ? r.bytesReceived : r.bytesSent;
-      const prev = s.prev.get(r.id);
+      // This stream's stats samples of the last FPS_WINDOW_MS (and one before), oldest first.
+      const history = s.prev.get(r.id) || [];
+      const prev = history[history.length - 1];
       const bitrate = prev && r.timestamp > prev.t ? ((bytes - prev.bytes) * 8 * 1000) / (r.timestamp - prev.t) : null;
-      s.prev.set(r.id, { bytes, t: r.timestamp });
+      const frames = r.kind === 'video' ? (inbound ? r.framesDecoded : r.framesEncoded) : undefined;
+      const sample = { bytes, t: r.timestamp, frames };
+      let from = null; // the newest sample about a window old
+      for (const h of history) if (sample.t - h.t >= FPS_WINDOW_MS * 0.9) from = h;
+      history.push(sample);
+      while (history.length > 1 && sample.t - history[1].t >= FPS_WINDOW_MS * 0.9) history.shift();
+      s.prev.set(r.id, history);
+      let fps = null;
+      if (r.kind === 'video') fps = inbound && s.presented ? presentedRate(s.presented, now) : frameRate(from, sample);
       const codec = r.codecId && report.get(r.codecId);
       let lost = inbound ? r.packetsLost : undefined;
       if (!inbound && r.remoteId && report.get(r.remoteId)) lost = report.get(r.remoteId).packetsLost;
@@ -205,9 +371,9 @@
         bitrate,
         packets: inbound ? r.packetsReceived : r.packetsSent,
         lost,
-        frames: r.kind === 'video' ? (inbound ? r.framesDecoded : r.framesEncoded) : undefined,
+        frames,
         resolution: r.frameWidth ? `${r.frameWidth}\u00d7${r.frameHeight}` : '',
-        fps: r.framesPerSecond,
+        fps,
       };
       rows.push(row);
       summary[`${row.direction}-${row.kind}`] = row;
@@ -258,9 +424,10 @@
     const s = {
       pc, mode, room, token, resourceUrl: null, etag: null, stream: null, postedSdp: null,
       lateCandidates: [], trickled: false, stopped: false, timer: null, prev: new Map(),
+      restarting: null, trickleAfterRestart: false, restarts: 0, presented: null,
     };
     session = s;
-    Object.assign(sb, { pc, mode, room, resource: null, stats: null });
+    Object.assign(sb, { pc, mode, room, resource: null, stats: null, restarts: 0 });
 
     pc.addEventListener('connectionstatechange', () => {
       if (session !== s) return;
@@ -308,6 +475,7 @@
         pc.addEventListener('track', (e) => {
           remote.addTrack(e.track);
           ui.video.srcObject = remote;
+          watchPresentedFrames(s, ui.video);
           ui.video.play().catch(() => { /* autoplay needs the element muted; the user can unmute */ });
         });
       }
@@ -391,6 +559,7 @@
     start();
   });
   ui.stop.addEventListener('click', () => stop());
+  ui.restart.addEventListener('click', () => restartIce().catch(() => { /* shown by restartIce */ }));
   ui.room.addEventListener('input', updateHint);
   ui.mode.addEventListener('change', () => {
     if (ui.codec) ui.codec.closest('label').hidden = ui.mode.value !== 'publish';

@@ -133,8 +133,18 @@ async fn trickle_restart_and_etags() {
     assert_ne!(new_ufrag, our_ufrag, "a restart changes our credentials");
     assert!(attribute(&r.body, "a=ice-pwd:").is_some());
     assert!(r.body.contains("a=candidate:"), "{}", r.body);
+    // The ETag names the ICE session (RFC 9725 §4.4): the restart's answer carries a new one.
+    let restarted_etag = r.etag.clone();
+    assert!(
+        restarted_etag.starts_with('"')
+            && restarted_etag.ends_with('"')
+            && restarted_etag.len() > 2,
+        "the restart's 200 carries a strong ETag, got {restarted_etag:?}"
+    );
+    assert_ne!(restarted_etag, created.etag, "a restart changes the ETag");
 
-    // Trickle for the restarted session (its new ufrag) is a plain trickle again.
+    // Trickle for the restarted session (its new ufrag) is a plain trickle again,
+    // but only under the new ETag: the old one names the ICE session that ended.
     let trickle = "a=ice-ufrag:newU\r\na=ice-pwd:aNewPasswordOf22Chars0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
                    a=candidate:2 1 udp 2130706431 127.0.0.1 10 typ host\r\n";
     let r = send(
@@ -142,7 +152,64 @@ async fn trickle_restart_and_etags() {
         resource.clone(),
         frag,
         trickle.to_string(),
+        Some(&created.etag),
+    )
+    .await;
+    assert_eq!(r.status, 412, "the pre-restart ETag is stale: {}", r.body);
+    let r = send(
+        reqwest::Method::PATCH,
+        resource.clone(),
+        frag,
+        trickle.to_string(),
+        Some(&restarted_etag),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = send(
+        reqwest::Method::PATCH,
+        resource.clone(),
+        frag,
+        trickle.to_string(),
         None,
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
+    // A trickle keeps the ETag; a second restart (If-Match `*`, as RFC 9725 asks of
+    // restarts) gets yet another one, and the first restart's tag is stale.
+    let restart2 = "a=ice-ufrag:thrd\r\na=ice-pwd:aThirdPasswordOf22Chrs\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+    let r = send(
+        reqwest::Method::PATCH,
+        resource.clone(),
+        frag,
+        restart2.to_string(),
+        Some("*"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.etag.is_empty());
+    assert_ne!(
+        r.etag, restarted_etag,
+        "every restart names a new ICE session"
+    );
+    assert_ne!(r.etag, created.etag);
+    let second_etag = r.etag.clone();
+    let trickle2 = format!("{restart2}a=candidate:3 1 udp 2130706431 127.0.0.1 11 typ host\r\n");
+    let r = send(
+        reqwest::Method::PATCH,
+        resource.clone(),
+        frag,
+        trickle2.clone(),
+        Some(&restarted_etag),
+    )
+    .await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = send(
+        reqwest::Method::PATCH,
+        resource.clone(),
+        frag,
+        trickle2,
+        Some(&second_etag),
     )
     .await;
     assert_eq!(r.status, 204, "{}", r.body);

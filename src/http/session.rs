@@ -263,7 +263,7 @@ async fn create_session(
     if role == Role::Publisher {
         state.registry.set_publisher_video(&room, preferred_video);
     }
-    let etag = format!("\"{:016x}\"", rand::random::<u64>());
+    let etag = new_etag();
     state.registry.add_session(
         key,
         SessionEntry {
@@ -391,13 +391,19 @@ async fn patch(
     match tokio::time::timeout(SHARD_REPLY_TIMEOUT, outcome).await {
         Ok(Ok(PatchOutcome::Trickled)) => {}
         Ok(Ok(PatchOutcome::Restarted(fragment))) => {
+            // The ETag names the ICE session (RFC 9725 §4.4): a restart starts a
+            // new one, so a PATCH still naming the old one gets 412.
+            let etag = new_etag();
+            if !state.registry.set_etag(key, &etag) {
+                return Err(Problem::not_found("the session has ended"));
+            }
             let mut response = (StatusCode::OK, fragment).into_response();
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/trickle-ice-sdpfrag"),
             );
-            insert_header(headers, header::ETAG, &entry.etag);
+            insert_header(headers, header::ETAG, &etag);
             return Ok(response);
         }
         Ok(Ok(PatchOutcome::Failed(e))) => {
@@ -413,6 +419,11 @@ async fn patch(
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A strong entity tag naming a session's current ICE session.
+fn new_etag() -> String {
+    format!("\"{:016x}\"", rand::random::<u64>())
 }
 
 fn find_session(

@@ -10,12 +10,13 @@
 //   #5 late one-stream   5 s later       } from the server's debug log)
 //
 // "plain" is the demo page as it ships. "one-stream" is the same page with one change made in the
-// browser: the server's answer is rewritten so the audio and the video track share one msid stream
-// (the publisher sent them as one stream, with one CNAME, but the server's answer puts each track in
-// a stream of its own). Chromium lip-syncs only the tracks of one stream, so only there does it use
-// the server's RTCP sender reports: its A/V sync moves the video's playout to match the audio, and
-// reports whose RTP↔NTP mapping jumps can make it freeze the picture. A plain viewer never looks
-// at them. The bug fixed in c6ad2ef (GStreamer 1.22's reports state an RTP time running at
+// browser: the server's answer is rewritten so the audio and the video track share one msid stream.
+// Chromium lip-syncs only the tracks of one stream, so only there does it use the server's RTCP
+// sender reports: its A/V sync moves the video's playout to match the audio, and reports whose
+// RTP↔NTP mapping jumps can make it freeze the picture. Until 290c6dc the server's answer put each
+// track in a stream of its own, so only one-stream viewers synced; since then the server answers
+// one stream itself, every viewer here syncs, and the rewrite changes nothing (it is kept so the
+// test means the same against an older server). The bug fixed in c6ad2ef (GStreamer 1.22's reports state an RTP time running at
 // twice the clock rate; the server turned them into mappings that jumped seconds at each report)
 // is only visible in a one-stream viewer.
 //

@@ -82,10 +82,12 @@ export function isolated() {
   return process.env.SWITCHBOARD_IN_NETNS === '1';
 }
 
-function netnsUsable() {
+// Whether a fresh network namespace can be had (and `setup` runs in it).
+export function netnsUsable(setup = '') {
   if (process.env.SWITCHBOARD_NETNS === '0' || process.env.SWITCHBOARD_IN_NETNS === '1') return false;
   if (process.platform !== 'linux') return false;
-  const probe = spawnSync('unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up'], { stdio: 'ignore', timeout: 5000 });
+  const script = `ip link set lo up${setup ? ` && ${setup}` : ''}`;
+  const probe = spawnSync('unshare', ['--net', '--', 'sh', '-c', script], { stdio: 'ignore', timeout: 5000 });
   return probe.status === 0;
 }
 
@@ -93,12 +95,14 @@ function netnsUsable() {
 // process then only waits for that run and exits with its code. Returns false when the test is to
 // run here (already inside, or no namespace to be had). `failLine` is the script's final
 // `N passed, M failed` line for a run that never got to print its own.
-export function reexecInNetns({ self, tag, log, hardTimeoutMs, failLine }) {
-  if (isolated() || !netnsUsable()) return false;
-  log('running inside a private network namespace (loopback only)');
+// `setup`, if given, is more shell run inside the namespace before the script (e.g. a veth pair).
+export function reexecInNetns({ self, tag, log, hardTimeoutMs, failLine, setup = '' }) {
+  if (isolated() || !netnsUsable(setup)) return false;
+  log(`running inside a private network namespace (${setup ? 'loopback and its own veth pair' : 'loopback only'})`);
+  const script = `ip link set lo up && ${setup ? `${setup} && ` : ''}exec "$0" "$@"`;
   const child = spawn(
     'unshare',
-    ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, self, ...process.argv.slice(2)],
+    ['--net', '--', 'sh', '-c', script, process.execPath, self, ...process.argv.slice(2)],
     { stdio: 'inherit', detached: true, env: { ...process.env, SWITCHBOARD_IN_NETNS: '1' } },
   );
   const killChild = (sig) => { try { process.kill(-child.pid, sig); } catch { /* gone */ } };
@@ -136,11 +140,13 @@ export function binary(envName, rel) {
 // Starts the server on a free loopback port (media on 127.0.0.1, ephemeral UDP ports), its output
 // into `sink`, and waits until `readyPath` answers HTTP. `onSpawn(child, base)` learns the process
 // as soon as it exists, so the caller can kill it whatever happens next.
-export async function startServer({ log, collectLines, sink, rustLog, env = {}, readyPath, timeoutMs, onSpawn }) {
+// `mediaIp` (default 127.0.0.1) is the address the media sockets bind and announce; HTTP is always
+// on loopback.
+export async function startServer({ log, collectLines, sink, rustLog, env = {}, readyPath, timeoutMs, onSpawn, mediaIp = '127.0.0.1' }) {
   const bin = binary('SWITCHBOARD_BIN', 'switchboard');
   if (!existsSync(bin)) throw new Error(`server binary not found at ${bin} (run \`cargo build\` or set SWITCHBOARD_BIN)`);
   const port = await freeTcpPort();
-  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--media-ip', '127.0.0.1', '--udp-port-min', '0', '--udp-port-max', '0'];
+  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--media-ip', mediaIp, '--udp-port-min', '0', '--udp-port-max', '0'];
   log(`starting ${bin} ${args.join(' ')}`);
   const server = spawn(bin, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -192,11 +198,14 @@ export async function waitForHttp(url, timeoutMs) {
 
 // Launches headless Chromium ($CHROMIUM, default /usr/bin/chromium) with the shared flags and
 // `extraArgs`; `hint` is appended to the error when the binary is missing.
-export async function launchChromium({ isolated, extraArgs = [], hint = '' }) {
+// `fakeUi: false` leaves out --use-fake-ui-for-media-stream: with it, Chromium counts every page as
+// holding camera permission, so no page hides its host addresses behind mDNS names. Pages that
+// need the camera then get it from the context's `permissions`.
+export async function launchChromium({ isolated, extraArgs = [], hint = '', fakeUi = true }) {
   const { chromium } = await import('playwright-core');
   const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
   if (!existsSync(executablePath)) throw new Error(`Chromium not found at ${executablePath}${hint}`);
-  const args = [...CHROMIUM_ARGS, ...extraArgs];
+  const args = [...CHROMIUM_ARGS.filter((a) => fakeUi || a !== '--use-fake-ui-for-media-stream'), ...extraArgs];
   if (!isolated) {
     // Outside a namespace, keep Chromium from announcing mDNS names (multicast on real interfaces).
     const i = args.findIndex((a) => a.startsWith('--disable-features='));

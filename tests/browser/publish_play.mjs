@@ -102,7 +102,9 @@ async function main() {
     log(`launched Chromium ${browser.version()}`);
 
     const pubCtx = await browser.newContext({ permissions: ['camera', 'microphone'] });
-    const viewCtx = await browser.newContext(); // a plain viewer: no camera permission (mDNS host candidates)
+    // A plain viewer context. (--use-fake-ui-for-media-stream still counts as camera permission, so its
+    // host candidates are plain addresses; tests/browser/mdns.mjs has the mDNS-only viewer.)
+    const viewCtx = await browser.newContext();
     const publisher = await pubCtx.newPage();
     const viewer = await viewCtx.newPage();
     Object.assign(pages, { publisher, viewer });
