@@ -303,7 +303,7 @@
       // The stream's clock stepped back (a replayed frame after a newer one) or the count
       // did: the samples before say nothing about the rate from here on.
       const back = last && (sample.presented < last.presented || (sample.rtp != null && last.rtp != null && ((sample.rtp - last.rtp) >>> 0) >= 2 ** 31));
-      if (back) samples.length = 0;
+      if (back) samples.splice(0, samples.length);
       samples.push(sample);
       trimWindow(samples, now);
       video.requestVideoFrameCallback(onFrame);
@@ -324,9 +324,27 @@
     if (!from || now - from.t < FPS_WINDOW_MS * 0.9) return null;
     const frames = last.presented - from.presented;
     const wall = (frames * 1000) / (now - from.t);
-    if (frames <= 0 || last.rtp == null || from.rtp == null) return wall;
-    const ticks = (last.rtp - from.rtp) >>> 0; // 90 kHz, modulo 2^32
-    return ticks > 0 && ticks < 60 * 90000 ? Math.min(wall, (frames * 90000) / ticks) : wall;
+    if (frames <= 0) return wall;
+    // The stream's own rate: the typical RTP time per frame between presented frames. Frames
+    // closer than 10 ms of RTP time are a replayed keyframe cache (squeezed 1 ms apart, shown
+    // as fast as they decode, and with A/V sync spread over up to a second): they say nothing
+    // about the rate, so they are left out, and the last rate known stands in.
+    const perFrame = [];
+    for (let i = 1; i < samples.length; i++) {
+      const a = samples[i - 1];
+      const b = samples[i];
+      const n = b.presented - a.presented;
+      if (n <= 0 || a.rtp == null || b.rtp == null) continue;
+      const ticks = ((b.rtp - a.rtp) >>> 0) / n; // 90 kHz, modulo 2^32
+      if (ticks >= 900 && ticks < 2 * 90000) perFrame.push(ticks);
+    }
+    // A handful of live frames at least: the first ones after a replay straddle it.
+    if (perFrame.length >= 5) {
+      perFrame.sort((x, y) => x - y);
+      samples.streamFps = 90000 / perFrame[Math.floor(perFrame.length / 2)];
+    }
+    // Until the stream's rate is known (the first second of a late join is all replay), none.
+    return samples.streamFps ? Math.min(wall, samples.streamFps) : null;
   }
 
   // Frames per wall-clock second between two stats samples { frames, t }.
