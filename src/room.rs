@@ -35,6 +35,9 @@ pub struct RoomEntry {
     pub publisher: Option<PeerKey>,
     /// The video codec the publisher offered first (what it sends).
     pub publisher_video: Option<str0m::format::Codec>,
+    /// The room's publisher sends simulcast: its viewers choose layers by their
+    /// bandwidth estimates.
+    pub publisher_simulcast: bool,
     pub viewers: usize,
     /// Whether the publisher is connected (what the `live` channels carry).
     pub live: bool,
@@ -103,9 +106,16 @@ impl Registry {
         }
     }
 
-    pub fn set_publisher_video(&self, room: &RoomId, codec: Option<str0m::format::Codec>) {
+    /// What the room's publisher sends: its video codec, and whether in layers.
+    pub fn set_publisher_media(
+        &self,
+        room: &RoomId,
+        codec: Option<str0m::format::Codec>,
+        simulcast: bool,
+    ) {
         if let Some(mut r) = self.rooms.get_mut(room) {
             r.publisher_video = codec;
+            r.publisher_simulcast = simulcast;
         }
     }
 
@@ -128,6 +138,7 @@ impl Registry {
                 Role::Publisher if r.publisher == Some(key) => {
                     r.publisher = None;
                     r.publisher_video = None;
+                    r.publisher_simulcast = false;
                     r.live = false;
                 }
                 Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),

@@ -208,9 +208,17 @@ async fn create_session(
         shard: None,
         created: false,
     };
-    let preferred_video = match role {
-        Role::Publisher => offer::first_sent_video_codec(&offer::summarize(&text)),
-        Role::Viewer => state.registry.room(&room).and_then(|r| r.publisher_video),
+    let summary = offer::summarize(&text);
+    let (preferred_video, simulcast) = match role {
+        Role::Publisher => (
+            offer::first_sent_video_codec(&summary),
+            offer::sends_simulcast(&summary),
+        ),
+        Role::Viewer => state
+            .registry
+            .room(&room)
+            .map(|r| (r.publisher_video, r.publisher_simulcast))
+            .unwrap_or((None, false)),
     };
     if role == Role::Publisher {
         state.registry.claim_publisher(&room, key).map_err(|_| {
@@ -230,6 +238,7 @@ async fn create_session(
         offer,
         offer_text: text,
         preferred_video,
+        estimate_bandwidth: simulcast,
         reply,
     };
     if !state.shards[shard].send(Command::Accept(Box::new(request))) {
@@ -261,7 +270,9 @@ async fn create_session(
         }
     };
     if role == Role::Publisher {
-        state.registry.set_publisher_video(&room, preferred_video);
+        state
+            .registry
+            .set_publisher_media(&room, preferred_video, simulcast);
     }
     let etag = new_etag();
     state.registry.add_session(

@@ -429,6 +429,7 @@ impl Peer {
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
                 if self.role == Role::Viewer =>
             {
+                tracing::trace!(peer = %self.key, estimate = estimate.as_u64(), "bandwidth estimate");
                 self.viewer.set_estimate(estimate.as_u64());
             }
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),

@@ -14,6 +14,8 @@ pub struct OfferedMedia {
     pub codecs: Vec<String>,
     /// `m=... 0 ...` with no `a=bundle-only`: the offerer rejected it itself.
     pub rejected: bool,
+    /// `a=simulcast:` is offered (several layers, by rid).
+    pub simulcast: bool,
 }
 
 impl OfferedMedia {
@@ -34,6 +36,13 @@ impl OfferedMedia {
 
 /// The codecs Switchboard forwards, by `a=rtpmap` name.
 pub const FORWARDED_CODECS: &[&str] = &["OPUS", "VP8", "VP9", "H264", "H265", "AV1"];
+
+/// The client offers to send video in simulcast layers.
+pub fn sends_simulcast(media: &[OfferedMedia]) -> bool {
+    media
+        .iter()
+        .any(|m| m.kind == "video" && m.sends() && !m.rejected && m.simulcast)
+}
 
 /// The first video codec we forward that the client offers to send: what a
 /// publisher will send (OBS offers one; browsers send their first).
@@ -134,6 +143,7 @@ pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
                 direction: "sendrecv".to_string(),
                 codecs: Vec::new(),
                 rejected: false,
+                simulcast: false,
             });
             continue;
         }
@@ -155,6 +165,8 @@ pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
             }
         } else if line == "a=bundle-only" {
             bundle_only = true;
+        } else if line.starts_with("a=simulcast:") {
+            m.simulcast = true;
         } else if let Some(dir) = line
             .strip_prefix("a=")
             .filter(|d| matches!(*d, "sendonly" | "recvonly" | "sendrecv" | "inactive"))

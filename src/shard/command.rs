@@ -173,5 +173,10 @@ pub struct AcceptRequest {
     pub offer_text: String,
     /// For a viewer: the video codec the room's publisher sends, listed first.
     pub preferred_video: Option<str0m::format::Codec>,
+    /// For a viewer: the room's publisher sends simulcast, so the viewer's
+    /// bandwidth is estimated (TWCC) to choose its layer. Without simulcast there
+    /// is nothing to choose, and str0m's pacing by the estimate would only slow
+    /// the keyframe-cache burst a new viewer starts on.
+    pub estimate_bandwidth: bool,
     pub reply: oneshot::Sender<Result<String, AcceptError>>,
 }

@@ -684,11 +684,21 @@ impl ShardLoop {
             offer,
             offer_text,
             preferred_video,
+            estimate_bandwidth,
             reply,
         } = request;
         let now = Instant::now();
         // A panic inside the stack on a strange offer must cost this offer only.
-        let settings = &self.settings;
+        let without_estimation;
+        let settings = if role == Role::Viewer && !estimate_bandwidth {
+            without_estimation = PeerSettings {
+                viewer_initial_estimate: None,
+                ..self.settings.clone()
+            };
+            &without_estimation
+        } else {
+            &self.settings
+        };
         let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Peer::accept(
                 key,
