@@ -41,11 +41,14 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(n: u16, certs: &Certs) -> Self {
+    fn new(n: u16, certs: &Certs, simulcast: bool) -> Self {
         let room: RoomId = "bench".into();
         let mut clock = Clock::new();
         let subs = support::connected_subscribers(n, &room, certs, &mut clock);
-        let publisher = Publisher::new(&room, &subs[0].peer);
+        let mut publisher = Publisher::new(&room, &subs[0].peer);
+        if simulcast {
+            publisher = publisher.simulcast();
+        }
         let mut bench = Bench {
             clock,
             subs,
@@ -142,10 +145,10 @@ fn drain(sub: &mut Subscriber, now: Instant, events: &mut Vec<PeerEvent>) -> u64
     media
 }
 
-fn group(c: &mut Criterion, certs: &Certs, name: &str, batch: usize) {
+fn group(c: &mut Criterion, certs: &Certs, name: &str, batch: usize, simulcast: bool) {
     let mut group = c.benchmark_group(name);
     for n in SUBSCRIBERS {
-        let mut bench = Bench::new(n, certs);
+        let mut bench = Bench::new(n, certs, simulcast);
         group.throughput(Throughput::Elements(u64::from(n) * batch as u64));
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter_custom(|iters| bench.run(iters, batch))
@@ -156,8 +159,11 @@ fn group(c: &mut Criterion, certs: &Certs, name: &str, batch: usize) {
 
 fn forward(c: &mut Criterion) {
     let certs = Certs::new();
-    group(c, &certs, "forward", 1);
-    group(c, &certs, "forward_batch5", BATCH);
+    group(c, &certs, "forward", 1, false);
+    group(c, &certs, "forward_batch5", BATCH, false);
+    // The same packets from the best of three simulcast layers: each viewer's
+    // layer choice runs on every packet.
+    group(c, &certs, "forward_simulcast", 1, true);
 }
 
 criterion_group!(benches, forward);

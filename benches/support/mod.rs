@@ -74,7 +74,8 @@ impl Certs {
             dtls_cert: self.server.clone(),
             local_candidates: vec![Candidate::host(SERVER_ADDR, "udp").expect("host candidate")],
             reap_timeout: Duration::from_secs(30),
-            viewer_initial_estimate: Some(str0m::bwe::Bitrate::kbps(2000)),
+            // A publisher without simulcast: its viewers' bandwidth is not estimated.
+            viewer_initial_estimate: None,
         }
     }
 }
@@ -252,6 +253,17 @@ impl Publisher {
         }
     }
 
+    /// The publisher sends three simulcast layers (`f`, `h`, `q`), of which the
+    /// packets are the best's: every viewer's layer choice runs, and forwards them.
+    pub fn simulcast(mut self) -> Self {
+        self.layers = Arc::new(TrackLayers::new(&[
+            ("f".into(), 0),
+            ("h".into(), 1),
+            ("q".into(), 2),
+        ]));
+        self
+    }
+
     /// The next packet, arriving at `now`; the first one is a keyframe.
     pub fn next(&mut self, now: Instant) -> MediaPacket {
         let first = self.sent == 0;
@@ -274,6 +286,12 @@ impl Publisher {
         let vp8 = Vp8Descriptor::parse(&payload).ok();
         let keyframe = vp8.as_ref().is_some_and(|d| d.starts_keyframe(&payload));
         debug_assert_eq!(keyframe, first);
+        if self.layers.is_simulcast() {
+            // As the publisher's side records what its layer carries (on the wall
+            // clock, which the viewers' choice reads).
+            self.layers
+                .record(0, Instant::now(), 1_500_000, keyframe, None);
+        }
         let packet = MediaPacket {
             room: self.room.clone(),
             kind: MediaKind::Video,
