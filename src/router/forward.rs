@@ -256,4 +256,80 @@ mod tests {
         let switched = f.forward(&meta(2, 500, 0, false, t0)).unwrap();
         assert_eq!(switched.seq, 13);
     }
+
+    /// Three sources (simulcast layers, or publishers) whose numbering starts just
+    /// before the 16-bit sequence and 32-bit timestamp wraps; the viewer switches
+    /// between them at random, always on a keyframe. Whatever the order, every
+    /// forwarded packet's sequence number is the last one plus one (also on the
+    /// wire, in 16 bits) and every picture's timestamp is later than the one before.
+    #[test]
+    fn any_sequence_of_switches_keeps_numbering_continuous_across_wraps() {
+        let t0 = Instant::now();
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut f = Forwarder::new(true, 90_000);
+        // Per source: next extended seq, next timestamp.
+        let mut sources = [
+            (65_530u64, u32::MAX - 9_000),
+            (3 * 65_536 - 3, u32::MAX - 100),
+            (1_000, 5),
+        ];
+        let mut current: Option<usize> = None;
+        let mut last: Option<Rewritten> = None;
+        for step in 0..20_000u64 {
+            let at = t0 + Duration::from_millis(step);
+            // Each source sends a picture of 1-3 packets; a picture is a keyframe
+            // one time in ten.
+            let source = (next() % 3) as usize;
+            let packets = 1 + next() % 3;
+            let keyframe = next() % 10 == 0;
+            let wants_switch = next() % 4 == 0;
+            if wants_switch && current != Some(source) {
+                f.clear_source();
+                current = Some(source);
+            }
+            let (seq, ts) = sources[source];
+            // Another source's packets never reach the forwarder (the viewer skips
+            // them before it); they only move that source's numbering on.
+            let shown = current == Some(source);
+            for i in (0..packets).filter(|_| shown) {
+                let meta = PacketMeta {
+                    source: source as u64,
+                    seq: seq + u64::from(i),
+                    timestamp: ts,
+                    keyframe: keyframe && i == 0,
+                    arrival: at,
+                };
+                match f.forward(&meta) {
+                    Ok(out) => {
+                        if let Some(prev) = last {
+                            assert_eq!(out.seq, prev.seq + 1, "step {step}");
+                            assert_eq!(out.seq as u16, (prev.seq as u16).wrapping_add(1));
+                            if i == 0 {
+                                let advance = out.timestamp.wrapping_sub(prev.timestamp) as i32;
+                                assert!(advance > 0, "step {step}: time went back by {advance}");
+                            } else {
+                                assert_eq!(out.timestamp, prev.timestamp, "one picture, one time");
+                            }
+                        }
+                        last = Some(out);
+                    }
+                    Err(Drop::AwaitingKeyframe) => {
+                        assert!(
+                            !(keyframe && i == 0),
+                            "a keyframe was refused at step {step}"
+                        );
+                    }
+                    Err(Drop::BeforeSwitch) => panic!("in-order packet refused at step {step}"),
+                }
+            }
+            sources[source] = (seq + u64::from(packets), ts.wrapping_add(3_000));
+        }
+        assert!(last.is_some_and(|l| l.seq > 3_000), "{last:?}");
+    }
 }

@@ -147,4 +147,42 @@ mod tests {
             .rewrite(2, &Vp8Descriptor::parse(&second).unwrap())
             .is_some());
     }
+
+    /// Pictures of three sources near the 15-bit picture ID and 8-bit TL0PICIDX
+    /// wraps, the shown source switched at random: the viewer's picture IDs and
+    /// TL0PICIDX (every picture a base-layer one here) each go up by one.
+    #[test]
+    fn any_sequence_of_switches_keeps_picture_ids_continuous_across_wraps() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut r = Vp8Rewriter::default();
+        let mut sources: [(u16, u8); 3] = [(0x7ff0, 250), (5, 0), (0x7fff, 255)];
+        let mut shown = 0usize;
+        let mut last: Option<(u16, u8)> = None;
+        for step in 0..10_000 {
+            if next() % 7 == 0 {
+                shown = (next() % 3) as usize;
+            }
+            for (source, (pid, tl0)) in sources.iter_mut().enumerate() {
+                if source == shown {
+                    let out = r.map(source as u64, Some(*pid), Some(*tl0), M15);
+                    let (Some(out_pid), Some(out_tl0)) = (out.picture_id, out.tl0_pic_idx) else {
+                        panic!("fields lost at step {step}");
+                    };
+                    if let Some((prev_pid, prev_tl0)) = last {
+                        assert_eq!(out_pid, (prev_pid + 1) % M15 as u16, "step {step}");
+                        assert_eq!(out_tl0, prev_tl0.wrapping_add(1), "step {step}");
+                    }
+                    last = Some((out_pid, out_tl0));
+                }
+                *pid = (*pid + 1) % M15 as u16;
+                *tl0 = tl0.wrapping_add(1);
+            }
+        }
+    }
 }
