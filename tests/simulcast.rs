@@ -195,6 +195,25 @@ async fn a_viewer_pins_caps_and_returns_to_automatic_choice_switching_on_keyfram
         assert_eq!(report["sending"], "0", "{report}");
         assert_eq!(report["preference"], "auto", "{report}");
 
+        // The events stream tells the viewer its layers and the room's viewer count.
+        let events_url = http::url(
+            viewer.session.http_addr,
+            &format!("{}/events", viewer.session.location),
+        );
+        let mut events = reqwest::get(&events_url).await.expect("event stream");
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !(seen.contains("event: viewercount\ndata: {\"viewercount\":1}")
+            && seen.contains("event: layers\ndata: ")
+            && seen.contains("\"sending\":\"0\""))
+        {
+            match tokio::time::timeout_at(deadline, events.chunk()).await {
+                Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+                other => panic!("events: {other:?}; seen {seen:?}"),
+            }
+        }
+        drop(events);
+
         // Pin the lowest layer: it comes on its next keyframe.
         let pinned = post_layer(&viewer, "application/json", r#"{"encodingId":"2"}"#).await;
         assert_eq!(pinned.status, 200, "{}", pinned.body);
