@@ -19,6 +19,13 @@
   const GATHER_TIMEOUT_MS = params.get('trickle') === '1' ? 0 : 1000;
   // How often the stats table refreshes (?stats=MS, at least 100); frame rates span about a second.
   const STATS_INTERVAL_MS = Math.max(100, Number(params.get('stats')) || 1000);
+  // Publish in three simulcast layers (?simulcast=1): a quarter, half and full size.
+  const SIMULCAST = params.get('simulcast') === '1';
+  const SIMULCAST_ENCODINGS = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 200_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 700_000 },
+    { rid: 'f', maxBitrate: 2_000_000 },
+  ];
   const FPS_WINDOW_MS = 1000;
 
   const sb = (window.switchboard = {
@@ -481,7 +488,10 @@
         if (s.stopped) { stream.getTracks().forEach((t) => t.stop()); return; }
         for (const kind of ['audio', 'video']) {
           for (const track of stream.getTracks().filter((t) => t.kind === kind)) {
-            const tr = pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+            const init = { direction: 'sendonly', streams: [stream] };
+            // ?simulcast=1: three encodings, as Chrome-based apps send them (rids q, h, f).
+            if (kind === 'video' && SIMULCAST) init.sendEncodings = SIMULCAST_ENCODINGS;
+            const tr = pc.addTransceiver(track, init);
             if (kind === 'video') preferVideoCodec(tr, codec);
           }
         }

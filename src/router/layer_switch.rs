@@ -17,8 +17,10 @@ use super::layers::TrackLayers;
 /// How often the choice of layer is reconsidered (at most once per packet).
 pub const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 
-/// How long a wished-for keyframe may take before it is wished for again.
-pub const KEYFRAME_RETRY: Duration = Duration::from_millis(1000);
+/// How long a wished-for keyframe may take before it is wished for again (the
+/// publisher's keyframe requests are limited to one per
+/// `session.keyframe_request_interval`, 500 ms by default, per stream).
+pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 
 /// What to do with one packet of the track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +217,9 @@ mod tests {
             Admit::Forward
         );
         assert_eq!(s.take_keyframe_wish(), Some(2));
-        s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(500));
+        s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(400));
         assert_eq!(s.take_keyframe_wish(), None);
-        s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(1100));
+        s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(100) + KEYFRAME_RETRY);
         assert_eq!(s.take_keyframe_wish(), Some(2));
     }
 
