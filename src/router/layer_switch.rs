@@ -219,7 +219,14 @@ mod tests {
         assert_eq!(s.take_keyframe_wish(), Some(2));
         s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(400));
         assert_eq!(s.take_keyframe_wish(), None);
-        s.admit(&layers, 0, false, None, Preference::Pin(2), t0 + ms(100) + KEYFRAME_RETRY);
+        s.admit(
+            &layers,
+            0,
+            false,
+            None,
+            Preference::Pin(2),
+            t0 + ms(100) + KEYFRAME_RETRY,
+        );
         assert_eq!(s.take_keyframe_wish(), Some(2));
     }
 
