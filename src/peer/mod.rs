@@ -426,10 +426,11 @@ impl Peer {
             Event::KeyframeRequest(_) if self.role == Role::Viewer => {
                 events.push(PeerEvent::KeyframeWanted);
             }
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
-                if self.role == Role::Viewer =>
-            {
-                tracing::trace!(peer = %self.key, estimate = estimate.as_u64(), "bandwidth estimate");
+            Event::EgressBitrateEstimate(BweKind::Twcc {
+                estimate,
+                can_probe,
+            }) if self.role == Role::Viewer => {
+                tracing::trace!(peer = %self.key, estimate = estimate.as_u64(), can_probe, "bandwidth estimate");
                 self.viewer.set_estimate(estimate.as_u64());
             }
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
