@@ -349,7 +349,9 @@ async fn a_viewer_behind_a_narrow_link_climbs_when_it_widens() {
 async fn narrow_link(climb: bool) {
     init_logging();
     with_timeout(Duration::from_secs(90), async {
-        let server = start_server(Config::for_tests()).await;
+        let mut config = Config::for_tests();
+        config.media.viewer_initial_estimate_kbps = 2000;
+        let server = start_server(config).await;
         let publisher = publish(&server, "narrow").await;
         let shaper = std::sync::Arc::new(Shaper::start().expect("shaper"));
         shaper.set_rate_kbps(Some(350));

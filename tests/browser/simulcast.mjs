@@ -30,7 +30,7 @@ await browserTest({
   tag: 'simulcast',
   self: fileURLToPath(import.meta.url),
   hardTimeoutMs: 80_000,
-  body: async ({ base, log, openPage, waitFor }) => {
+  body: async ({ base, log, openPage, waitFor, sleep }) => {
     const publisher = await openPage('publisher', { permissions: ['camera', 'microphone'] });
     await publisher.goto(`${base}/?room=sc&mode=publish&autostart=1&simulcast=1`, { timeout: 10_000 });
     const pub = await waitFor('publisher connected', () => publisher.evaluate(pageState), (s) => s.state === 'connected' || s.lastError, { timeoutMs: 15_000 });
@@ -83,6 +83,11 @@ await browserTest({
     }
     const auto = await pin({});
     if (auto.preference !== 'auto') throw new Error(`back to automatic: ${JSON.stringify(auto)}`);
+    // What automatic choice settles on over a few seconds (logged: a loopback link carries
+    // every layer, but the estimate is the browser's feedback).
+    await sleep(4000);
+    const settled = await report();
+    log(`automatic: sending ${settled.sending}, estimate ${Math.round((settled.estimatedBitrate ?? 0) / 1000)} kbit/s`);
     const bad = await fetch(layerUrl, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"encodingId":"nope"}' });
     if (bad.status !== 400 || !(bad.headers.get('content-type') || '').includes('problem+json')) {
       throw new Error(`an unknown layer: ${bad.status} ${bad.headers.get('content-type')}`);
