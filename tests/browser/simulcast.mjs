@@ -87,7 +87,8 @@ await browserTest({
     // every layer, but the estimate is the browser's feedback).
     await sleep(4000);
     const settled = await report();
-    log(`automatic: sending ${settled.sending}, estimate ${Math.round((settled.estimatedBitrate ?? 0) / 1000)} kbit/s`);
+    const stats = await viewer.evaluate(pageState);
+    log(`automatic: sending ${settled.sending}, estimate ${Math.round((settled.estimatedBitrate ?? 0) / 1000)} kbit/s; viewer received ${stats.video?.packets} video packets, lost ${stats.video?.lost}, sent ${stats.video?.nack} NACKs`);
     const bad = await fetch(layerUrl, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"encodingId":"nope"}' });
     if (bad.status !== 400 || !(bad.headers.get('content-type') || '').includes('problem+json')) {
       throw new Error(`an unknown layer: ${bad.status} ${bad.headers.get('content-type')}`);
