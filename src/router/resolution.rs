@@ -9,8 +9,8 @@
 //! - VP9 (draft-ietf-payload-vp9): the scalability structure in the payload
 //!   descriptor of a keyframe lists each spatial layer's size.
 //!
-//! AV1 would need its sequence header OBU parsed; it is not, and its layers are
-//! ordered by bitrate alone.
+//! - AV1 (the AV1 RTP payload format): the sequence header OBU a keyframe's first
+//!   packet carries states the largest frame size.
 
 use h264_reader::nal::sps::SeqParameterSet;
 use h264_reader::rbsp::{BitReader, ByteReader};
@@ -38,6 +38,7 @@ pub fn keyframe_resolution(codec: Codec, payload: &[u8]) -> Option<Resolution> {
         Codec::Vp8 => vp8(payload),
         Codec::H264 => h264(payload),
         Codec::Vp9 => vp9(payload),
+        Codec::Av1 => av1(payload),
         _ => None,
     }
 }
@@ -149,6 +150,151 @@ fn vp9(payload: &[u8]) -> Option<Resolution> {
     nonzero(width, height)
 }
 
+/// AV1 (the AV1 RTP payload format, AV1 bitstream §5.5): the aggregation header
+/// (Z|Y|W|N), then OBU elements, each with a LEB128 length unless W says how many
+/// there are and it is the last; the sequence header OBU (type 1) states the
+/// largest frame size.
+fn av1(payload: &[u8]) -> Option<Resolution> {
+    let aggregation = *payload.first()?;
+    let continues_previous = aggregation & 0x80 != 0;
+    if continues_previous {
+        return None; // the first element is the tail of an OBU from the last packet
+    }
+    let counted = usize::from((aggregation >> 4) & 0x03);
+    let mut rest = payload.get(1..)?;
+    let mut index = 0;
+    while !rest.is_empty() {
+        index += 1;
+        let element = if counted != 0 && index == counted {
+            std::mem::take(&mut rest)
+        } else {
+            let (len, used) = leb128(rest)?;
+            let end = used.checked_add(usize::try_from(len).ok()?)?;
+            let element = rest.get(used..end)?;
+            rest = &rest[end..];
+            element
+        };
+        if let Some(size) = av1_sequence_header(element) {
+            return Some(size);
+        }
+    }
+    None
+}
+
+/// An OBU as the RTP payload carries it (without `obu_size` normally; with one, it
+/// is read past): the largest frame size if it is a sequence header.
+fn av1_sequence_header(obu: &[u8]) -> Option<Resolution> {
+    const SEQUENCE_HEADER: u8 = 1;
+    let header = *obu.first()?;
+    if (header >> 3) & 0x0f != SEQUENCE_HEADER {
+        return None;
+    }
+    let has_extension = header & 0x04 != 0;
+    let has_size = header & 0x02 != 0;
+    let mut at = 1 + usize::from(has_extension);
+    if has_size {
+        at += leb128(obu.get(at..)?)?.1;
+    }
+    let mut bits = Bits::new(obu.get(at..)?);
+    let _profile = bits.read(3)?;
+    let _still_picture = bits.read(1)?;
+    let reduced = bits.read(1)? == 1;
+    if reduced {
+        bits.read(5)?; // seq_level_idx[0]
+    } else {
+        let timing_info = bits.read(1)? == 1;
+        let mut decoder_model_info = false;
+        let mut buffer_delay_length = 0;
+        if timing_info {
+            bits.read(32)?; // num_units_in_display_tick
+            bits.read(32)?; // time_scale
+            if bits.read(1)? == 1 {
+                bits.uvlc()?; // num_ticks_per_picture_minus_1
+            }
+            decoder_model_info = bits.read(1)? == 1;
+            if decoder_model_info {
+                buffer_delay_length = bits.read(5)? as u32 + 1;
+                bits.read(32)?; // num_units_in_decoding_tick
+                bits.read(5)?; // buffer_removal_time_length_minus_1
+                bits.read(5)?; // frame_presentation_time_length_minus_1
+            }
+        }
+        let initial_display_delay = bits.read(1)? == 1;
+        let operating_points = bits.read(5)? + 1;
+        for _ in 0..operating_points {
+            bits.read(12)?; // operating_point_idc
+            let level = bits.read(5)?;
+            if level > 7 {
+                bits.read(1)?; // seq_tier
+            }
+            if decoder_model_info && bits.read(1)? == 1 {
+                bits.read(buffer_delay_length)?; // decoder_buffer_delay
+                bits.read(buffer_delay_length)?; // encoder_buffer_delay
+                bits.read(1)?; // low_delay_mode_flag
+            }
+            if initial_display_delay && bits.read(1)? == 1 {
+                bits.read(4)?; // initial_display_delay_minus_1
+            }
+        }
+    }
+    let width_bits = bits.read(4)? as u32 + 1;
+    let height_bits = bits.read(4)? as u32 + 1;
+    let width = bits.read(width_bits)?.checked_add(1)?;
+    let height = bits.read(height_bits)?.checked_add(1)?;
+    nonzero(u32::try_from(width).ok()?, u32::try_from(height).ok()?)
+}
+
+/// An unsigned LEB128 value (at most 8 bytes) and the bytes it took.
+fn leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(8).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// Big-endian bits, as the AV1 bitstream is written.
+struct Bits<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Bits<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Bits { bytes, at: 0 }
+    }
+
+    /// `n` bits (at most 32) as a number.
+    fn read(&mut self, n: u32) -> Option<u64> {
+        if n > 32 {
+            return None;
+        }
+        let mut value = 0u64;
+        for _ in 0..n {
+            let byte = *self.bytes.get(self.at / 8)?;
+            let bit = (byte >> (7 - self.at % 8)) & 1;
+            value = (value << 1) | u64::from(bit);
+            self.at += 1;
+        }
+        Some(value)
+    }
+
+    /// AV1's `uvlc()`: leading zeros, then that many bits.
+    fn uvlc(&mut self) -> Option<u64> {
+        let mut zeros = 0;
+        while self.read(1)? == 0 {
+            zeros += 1;
+            if zeros >= 32 {
+                return None;
+            }
+        }
+        Some(self.read(zeros)? + (1u64 << zeros) - 1)
+    }
+}
+
 fn nonzero(width: u32, height: u32) -> Option<Resolution> {
     (width > 0 && height > 0).then_some(Resolution { width, height })
 }
@@ -240,6 +386,44 @@ mod tests {
             })
         );
         assert_eq!(keyframe_resolution(Codec::Vp9, &payload[..7]), None);
+    }
+
+    /// The sequence header aom's encoder wrote for 320x180 (Debian's GStreamer
+    /// `videotestsrc ! video/x-raw,width=320,height=180 ! av1enc`), without its
+    /// size field, as the RTP payload format carries OBUs.
+    const AV1_SEQUENCE_HEADER_320X180: [u8; 12] = [
+        0x08, 0x20, 0x00, 0x00, 0x04, 0x3c, 0xfe, 0xcf, 0x81, 0xb5, 0xf2, 0x04,
+    ];
+
+    #[test]
+    fn av1_sequence_header_states_the_size_in_any_aggregation() {
+        let expected = Some(Resolution {
+            width: 320,
+            height: 180,
+        });
+        // One OBU element, W = 1 (the last element has no length), N = 1.
+        let mut single = vec![0x18];
+        single.extend_from_slice(&AV1_SEQUENCE_HEADER_320X180);
+        assert_eq!(keyframe_resolution(Codec::Av1, &single), expected);
+        // W = 0: every element with a LEB128 length; a temporal delimiter first.
+        let mut listed = vec![0x08, 0x01, 0x12];
+        listed.push(AV1_SEQUENCE_HEADER_320X180.len() as u8);
+        listed.extend_from_slice(&AV1_SEQUENCE_HEADER_320X180);
+        assert_eq!(keyframe_resolution(Codec::Av1, &listed), expected);
+        // W = 2: two elements, the first with a length.
+        let mut two = vec![0x28, AV1_SEQUENCE_HEADER_320X180.len() as u8];
+        two.extend_from_slice(&AV1_SEQUENCE_HEADER_320X180);
+        two.extend_from_slice(&[0x32, 0x00]);
+        assert_eq!(keyframe_resolution(Codec::Av1, &two), expected);
+        // A continuation (Z = 1), a frame OBU alone, a truncated header: none.
+        let mut continued = single.clone();
+        continued[0] |= 0x80;
+        assert_eq!(keyframe_resolution(Codec::Av1, &continued), None);
+        assert_eq!(
+            keyframe_resolution(Codec::Av1, &[0x18, 0x32, 0x10, 0x00]),
+            None
+        );
+        assert_eq!(keyframe_resolution(Codec::Av1, &single[..6]), None);
     }
 
     #[test]
