@@ -381,3 +381,24 @@ pub fn valid_check(selector: u8, use_candidate: bool) -> Vec<u8> {
     out.extend_from_slice(&buf[..len]);
     out
 }
+
+/// A publisher's RTP payload as the packet path reads it without decoding: the
+/// first byte picks the codec, the rest is the payload. Keyframe detection and the
+/// picture size a keyframe states (simulcast layer ordering). Returns the size,
+/// which is never zero when given.
+pub fn media_payload(data: &[u8]) -> Option<crate::router::resolution::Resolution> {
+    let Some((&selector, payload)) = data.split_first() else {
+        return None;
+    };
+    let codec = match selector % 5 {
+        0 => Codec::Vp8,
+        1 => Codec::Vp9,
+        2 => Codec::H264,
+        3 => Codec::H265,
+        _ => Codec::Av1,
+    };
+    let _ = crate::router::keyframe::starts_keyframe(codec, payload);
+    let size = crate::router::resolution::keyframe_resolution(codec, payload);
+    assert!(size.is_none_or(|s| s.width > 0 && s.height > 0));
+    size
+}
