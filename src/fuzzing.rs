@@ -387,9 +387,7 @@ pub fn valid_check(selector: u8, use_candidate: bool) -> Vec<u8> {
 /// picture size a keyframe states (simulcast layer ordering). Returns the size,
 /// which is never zero when given.
 pub fn media_payload(data: &[u8]) -> Option<crate::router::resolution::Resolution> {
-    let Some((&selector, payload)) = data.split_first() else {
-        return None;
-    };
+    let (&selector, payload) = data.split_first()?;
     let codec = match selector % 5 {
         0 => Codec::Vp8,
         1 => Codec::Vp9,
