@@ -36,13 +36,12 @@ fn seeds_state_the_sizes_their_names_say() {
             let (w, h) = s.split_once('x')?;
             Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?))
         });
-        match stated {
-            Some((width, height)) => assert_eq!(
+        if let Some((width, height)) = stated {
+            assert_eq!(
                 size.map(|s| (s.width, s.height)),
                 Some((width, height)),
                 "{name}"
-            ),
-            None => {}
+            );
         }
     }
 }
