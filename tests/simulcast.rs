@@ -414,3 +414,24 @@ async fn narrow_link(climb: bool) {
     })
     .await;
 }
+
+/// Before anything is sent to it, a viewer's layer report is empty (200), automatic
+/// choice can be asked for, and a pin cannot (there is no layer to name yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_media_the_report_is_empty_and_only_automatic_choice_is_taken() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(without_estimation()).await;
+        let viewer = view(&server, "empty").await;
+        let report = get_layers(&viewer).await;
+        assert_eq!(report["layers"], serde_json::json!([]), "{report}");
+        assert_eq!(report["sending"], Value::Null, "{report}");
+        let auto = post_layer(&viewer, "application/json", "{}").await;
+        assert_eq!(auto.status, 200, "{}", auto.body);
+        let pin = post_layer(&viewer, "application/json", r#"{"encodingId":"q"}"#).await;
+        expect_problem(&pin, 400).expect("a pin before media is a 400");
+        drop(viewer);
+        server.shutdown().await;
+    })
+    .await;
+}

@@ -158,7 +158,9 @@ impl Watch {
                     }
                 }
             }
-            if Some(&layers) != self.last_layers.as_ref() {
+            // Nothing shown yet and nothing said: nothing to say.
+            let empty = report.layers.is_empty() && self.last_layers.is_none();
+            if !empty && Some(&layers) != self.last_layers.as_ref() {
                 self.pending
                     .push_back(Event::default().event("layers").data(layers.to_string()));
                 self.last_layers = Some(layers);

@@ -133,6 +133,11 @@ impl ViewerSide {
         request: &LayerRequest,
         now: Instant,
     ) -> Result<LayerReport, String> {
+        if *request == LayerRequest::default() {
+            // Automatic choice needs no layer to resolve: it holds before media too.
+            self.preference = Preference::Auto;
+            return Ok(self.layer_report(now));
+        }
         let layers = self
             .slots
             .iter()
@@ -140,16 +145,25 @@ impl ViewerSide {
             .and_then(|s| s.track_layers.clone())
             .ok_or_else(|| "nothing is being sent to this session yet".to_string())?;
         self.preference = request.resolve(&layers, now)?;
-        self.layer_report(now)
-            .ok_or_else(|| "nothing is being sent to this session yet".to_string())
+        Ok(self.layer_report(now))
     }
 
-    /// The layers of the video track shown, and which one is sent.
-    pub fn layer_report(&self, now: Instant) -> Option<LayerReport> {
-        let slot = self.slots.iter().find(|s| s.kind == MediaKind::Video)?;
-        let layers = slot.track_layers.as_ref()?;
+    /// The layers of the video track shown, and which one is sent (no layers
+    /// while nothing is shown).
+    pub fn layer_report(&self, now: Instant) -> LayerReport {
+        let slot = self.slots.iter().find(|s| s.kind == MediaKind::Video);
+        let Some((slot, layers)) = slot.and_then(|s| Some((s, s.track_layers.as_ref()?))) else {
+            return LayerReport {
+                mid: slot.map(|s| s.mid.to_string()).unwrap_or_default(),
+                layers: Vec::new(),
+                sending: None,
+                target: None,
+                preference: self.preference,
+                estimate_bps: self.estimate_bps,
+            };
+        };
         let simulcast = layers.is_simulcast();
-        Some(LayerReport {
+        LayerReport {
             mid: slot.mid.to_string(),
             layers: layers.states(now),
             sending: if simulcast {
@@ -164,7 +178,7 @@ impl ViewerSide {
             },
             preference: self.preference,
             estimate_bps: self.estimate_bps,
-        })
+        }
     }
 
     /// Layer switches made since the last call.

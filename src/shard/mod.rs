@@ -558,10 +558,7 @@ impl ShardLoop {
                 let now = Instant::now();
                 let answer = self.peers.get_mut(&key).map(|peer| match &request {
                     Some(request) => peer.viewer.request_layer(request, now),
-                    None => peer
-                        .viewer
-                        .layer_report(now)
-                        .ok_or_else(|| "nothing is being sent to this session yet".to_string()),
+                    None => Ok(peer.viewer.layer_report(now)),
                 });
                 let _ = reply.send(answer);
             }
