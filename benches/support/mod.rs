@@ -289,8 +289,7 @@ impl Publisher {
         if self.layers.is_simulcast() {
             // As the publisher's side records what its layer carries (on the wall
             // clock, which the viewers' choice reads).
-            self.layers
-                .record(0, Instant::now(), 1_500_000, keyframe, None);
+            self.layers.record(0, Instant::now(), 1_500_000, None);
         }
         let packet = MediaPacket {
             room: self.room.clone(),

@@ -16,13 +16,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use super::problem::Problem;
 use super::AppState;
 use crate::peer::{PeerKey, Role};
 use crate::room::LiveWatch;
-use crate::shard::Command;
 
 /// The `rel` of the Link header that advertises the event stream.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -137,13 +135,8 @@ impl Watch {
         let Some(entry) = self.state.registry.session(self.key) else {
             return;
         };
-        let (reply, answer) = oneshot::channel();
-        self.state.shards[entry.shard].send(Command::Layer {
-            key: self.key,
-            request: None,
-            reply,
-        });
-        if let Ok(Ok(Some(Ok(report)))) = tokio::time::timeout(POLL, answer).await {
+        let answer = super::layer::ask_shard(&self.state, self.key, entry.shard, None, POLL).await;
+        if let Some(Some(Ok(report))) = answer {
             let mut layers = super::layer::report_json(&report);
             // The estimate moves all the time: not a change worth an event.
             if let Some(object) = layers.as_object_mut() {

@@ -22,7 +22,11 @@ use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::Duration;
+
 use tokio::sync::oneshot;
+
+use crate::peer::PeerKey;
 
 use super::events::viewer_session;
 use super::problem::Problem;
@@ -118,22 +122,34 @@ async fn ask(
     request: Option<LayerRequest>,
 ) -> Result<LayerReport, Problem> {
     let (key, shard) = viewer_session(state, room, session)?;
+    match ask_shard(state, key, shard, request, SHARD_REPLY_TIMEOUT).await {
+        Some(Some(Ok(report))) => Ok(report),
+        Some(Some(Err(why))) => Err(Problem::bad_request(why)),
+        Some(None) => Err(Problem::not_found("the session has ended")),
+        None => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "the media shard did not answer in time; try again",
+        )),
+    }
+}
+
+/// The `Command::Layer` round trip to `key`'s shard: `None` if the shard did not
+/// answer within `timeout`; then the shard's answer (`None`: no such viewer there).
+pub(super) async fn ask_shard(
+    state: &AppState,
+    key: PeerKey,
+    shard: usize,
+    request: Option<LayerRequest>,
+    timeout: Duration,
+) -> Option<Option<Result<LayerReport, String>>> {
     let (reply, answer) = oneshot::channel();
     state.shards[shard].send(Command::Layer {
         key,
         request,
         reply,
     });
-    match tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer).await {
-        Ok(Ok(Some(Ok(report)))) => Ok(report),
-        Ok(Ok(Some(Err(why)))) => Err(Problem::bad_request(why)),
-        Ok(Ok(None)) => Err(Problem::not_found("the session has ended")),
-        _ => Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            "the media shard did not answer in time; try again",
-        )),
-    }
+    tokio::time::timeout(timeout, answer).await.ok()?.ok()
 }
 
 fn report_response(report: &LayerReport) -> Response {

@@ -166,13 +166,9 @@ impl PublisherSide {
         } else {
             None
         };
-        stream.layers.record(
-            stream.layer,
-            arrival,
-            stream.meter.bps(arrival),
-            keyframe,
-            resolution,
-        );
+        stream
+            .layers
+            .record(stream.layer, arrival, stream.meter.bps(arrival), resolution);
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),

@@ -191,14 +191,6 @@ impl ViewerSide {
         self.keyframe_wish.take()
     }
 
-    /// The simulcast layer forwarded and the one chosen, on the video slot.
-    pub fn video_layers(&self) -> Option<(Option<u8>, Option<u8>)> {
-        self.slots
-            .iter()
-            .find(|s| s.kind == MediaKind::Video)
-            .map(|s| (s.layers.forwarding(), s.layers.target()))
-    }
-
     /// Writes a packet, its timestamp moved by `squeeze` (a replayed one).
     pub fn write_one(
         &mut self,
@@ -232,7 +224,9 @@ impl ViewerSide {
             return WriteOutcome::Skipped;
         }
         if packet.layers.is_simulcast() {
-            let now = Instant::now();
+            // The packet's arrival is the clock the layers' state is recorded on:
+            // no clock read per viewer per packet.
+            let now = packet.arrival;
             let estimate = self.estimate_bps.map(|e| e.saturating_sub(AUDIO_SHARE_BPS));
             let admit = slot.layers.admit(
                 &packet.layers,

@@ -265,13 +265,7 @@ mod tests {
     #[test]
     fn any_sequence_of_switches_keeps_numbering_continuous_across_wraps() {
         let t0 = Instant::now();
-        let mut state = 0x2545_f491_u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = crate::router::test_random(0x2545_f491);
         let mut f = Forwarder::new(true, 90_000);
         // Per source: next extended seq, next timestamp.
         let mut sources = [

@@ -149,7 +149,7 @@ mod tests {
             [(0, 150, 320, 180), (1, 500, 640, 360), (2, 1500, 1280, 720)]
         {
             let size = Resolution { width, height };
-            layers.record(index, now, kbps * 1000, true, Some(size));
+            layers.record(index, now, kbps * 1000, Some(size));
         }
         layers
     }
@@ -239,7 +239,7 @@ mod tests {
         // h and q keep running; f's last packet was at t0.
         let t = t0 + ms(1100);
         for index in [0, 1] {
-            layers.record(index, t, 500_000, false, None);
+            layers.record(index, t, 500_000, None);
         }
         assert_eq!(
             s.admit(&layers, 1, false, None, Preference::Auto, t),
@@ -258,13 +258,7 @@ mod tests {
         let t0 = Instant::now();
         let layers = running_layers(t0);
         let mut s = LayerSwitch::default();
-        let mut state = 0x9e37_79b9_u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = crate::router::test_random(0x9e37_79b9);
         let mut forwarded = None;
         for step in 0..5000u64 {
             let r = next();
@@ -278,13 +272,7 @@ mod tests {
             };
             let now = t0 + ms(step * 7);
             for index in 0..3u8 {
-                layers.record(
-                    index,
-                    now,
-                    u64::from(index) * 600_000 + 100_000,
-                    false,
-                    None,
-                );
+                layers.record(index, now, u64::from(index) * 600_000 + 100_000, None);
             }
             match s.admit(&layers, layer, keyframe, estimate, preference, now) {
                 Admit::Switch => {

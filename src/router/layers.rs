@@ -7,7 +7,7 @@
 //! new SSRC for the same rid is the same layer. A layer with no packet for
 //! [`STOPPED_AFTER`] is not available: viewers on it move to one that runs.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,6 @@ struct SharedLayer {
     bitrate_bps: AtomicU64,
     /// Width << 32 | height from the last keyframe that stated one (0: unknown).
     resolution: AtomicU64,
-    /// Milliseconds since [`epoch`] of the last keyframe, plus one (0: none yet).
-    last_keyframe: AtomicU64,
-    /// Keyframes seen, to tell a fresh one from the last.
-    keyframes: AtomicU32,
 }
 
 /// A layer's state at one moment, for events and the HTTP API.
@@ -162,8 +158,6 @@ impl TrackLayers {
             last_packet: AtomicU64::new(0),
             bitrate_bps: AtomicU64::new(0),
             resolution: AtomicU64::new(0),
-            last_keyframe: AtomicU64::new(0),
-            keyframes: AtomicU32::new(0),
         };
         let layers: Box<[SharedLayer]> = if rids.is_empty() {
             vec![layer(None, 0)].into()
@@ -204,7 +198,6 @@ impl TrackLayers {
         index: u8,
         now: Instant,
         bitrate_bps: u64,
-        keyframe: bool,
         resolution: Option<Resolution>,
     ) {
         let Some(layer) = self.layers.get(usize::from(index)) else {
@@ -213,10 +206,6 @@ impl TrackLayers {
         let at = millis(now) + 1;
         layer.last_packet.store(at, Ordering::Relaxed);
         layer.bitrate_bps.store(bitrate_bps, Ordering::Relaxed);
-        if keyframe {
-            layer.last_keyframe.store(at, Ordering::Relaxed);
-            layer.keyframes.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(r) = resolution {
             let packed = (u64::from(r.width) << 32) | u64::from(r.height);
             layer.resolution.store(packed, Ordering::Relaxed);
@@ -228,13 +217,6 @@ impl TrackLayers {
         self.layers
             .get(usize::from(index))
             .is_some_and(|l| running(l, now))
-    }
-
-    /// How long ago layer `index`'s last keyframe arrived.
-    pub fn keyframe_age(&self, index: u8, now: Instant) -> Option<Duration> {
-        let layer = self.layers.get(usize::from(index))?;
-        let at = layer.last_keyframe.load(Ordering::Relaxed).checked_sub(1)?;
-        Some(Duration::from_millis(millis(now).saturating_sub(at)))
     }
 
     /// Every layer as a selector sees it at `now`.
@@ -260,27 +242,24 @@ impl TrackLayers {
     pub fn states(&self, now: Instant) -> Vec<LayerState> {
         let views = self.views(now);
         let order = quality_order(&views);
-        let spatial_id = |index: usize| {
+        // Spatial ids count up from the lowest layer.
+        let spatial_id = |index: u8| {
             order
                 .iter()
                 .rev()
-                .position(|v| usize::from(v.index) == index)
+                .position(|v| v.index == index)
                 .unwrap_or(0) as u8
         };
-        self.layers
+        views
             .iter()
-            .enumerate()
-            .map(|(index, l)| LayerState {
-                index: index as u8,
-                spatial_id: spatial_id(index),
+            .zip(self.layers.iter())
+            .map(|(v, l)| LayerState {
+                index: v.index,
+                spatial_id: spatial_id(v.index),
                 rid: l.rid.as_deref().map(str::to_string),
-                available: running(l, now),
-                bitrate_bps: if running(l, now) {
-                    l.bitrate_bps.load(Ordering::Relaxed)
-                } else {
-                    0
-                },
-                resolution: resolution(l),
+                available: v.available,
+                bitrate_bps: v.bitrate_bps,
+                resolution: v.resolution,
             })
             .collect()
     }
@@ -327,38 +306,33 @@ mod tests {
         let layers = TrackLayers::new(&rids());
         let t0 = Instant::now();
         assert!(!layers.is_available(2, t0), "no packet yet");
-        layers.record(2, t0, 1_500_000, true, None);
+        layers.record(2, t0, 1_500_000, None);
         assert!(layers.is_available(2, t0 + Duration::from_millis(999)));
         assert!(!layers.is_available(2, t0 + Duration::from_millis(1001)));
         let views = layers.views(t0 + Duration::from_millis(1001));
         assert_eq!(views[2].bitrate_bps, 0, "a stopped layer carries nothing");
-        layers.record(2, t0 + Duration::from_millis(1500), 800_000, false, None);
+        layers.record(2, t0 + Duration::from_millis(1500), 800_000, None);
         assert!(layers.is_available(2, t0 + Duration::from_millis(1500)));
     }
 
     #[test]
-    fn sizes_and_keyframes_are_kept_per_layer() {
+    fn sizes_are_kept_per_layer() {
         let layers = TrackLayers::new(&rids());
         let t0 = Instant::now();
         let size = Resolution {
             width: 1280,
             height: 720,
         };
-        layers.record(2, t0, 1_000_000, true, Some(size));
-        layers.record(2, t0 + Duration::from_millis(40), 1_000_000, false, None);
+        layers.record(2, t0, 1_000_000, Some(size));
+        layers.record(2, t0 + Duration::from_millis(40), 1_000_000, None);
         let views = layers.views(t0 + Duration::from_millis(40));
         assert_eq!(views[2].resolution, Some(size));
         assert_eq!(views[0].resolution, None);
         assert_eq!(views[2].hint_rank, 0);
-        assert_eq!(
-            layers.keyframe_age(2, t0 + Duration::from_millis(300)),
-            Some(Duration::from_millis(300))
-        );
-        assert_eq!(layers.keyframe_age(1, t0), None);
         assert_eq!(layers.index_of("h"), Some(1));
         assert_eq!(layers.index_of("x"), None);
         // Out of range indices are ignored.
-        layers.record(9, t0, 1, true, Some(size));
+        layers.record(9, t0, 1, Some(size));
         assert!(!layers.is_available(9, t0));
     }
 
@@ -367,7 +341,7 @@ mod tests {
         let layers = TrackLayers::new(&rids());
         let t0 = Instant::now();
         for (index, kbps) in [(0u8, 150u64), (1, 500), (2, 1500)] {
-            layers.record(index, t0, kbps * 1000, false, None);
+            layers.record(index, t0, kbps * 1000, None);
         }
         let request = |f: fn(&mut LayerRequest)| {
             let mut r = LayerRequest::default();

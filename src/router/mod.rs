@@ -313,6 +313,19 @@ impl Router {
     }
 }
 
+/// A small deterministic generator (xorshift32) for the property tests of the
+/// router's pure logic: a failure replays from its seed.
+#[cfg(test)]
+pub(crate) fn test_random(seed: u32) -> impl FnMut() -> u32 {
+    let mut state = seed.max(1);
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -428,16 +428,9 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        let mut state = 0x2545_f491_u32;
+        let mut next = crate::router::test_random(0x2545_f491);
         for len in 0..200 {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    state as u8
-                })
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
                 let _ = keyframe_resolution(codec, &bytes);
             }

@@ -153,13 +153,7 @@ mod tests {
     /// TL0PICIDX (every picture a base-layer one here) each go up by one.
     #[test]
     fn any_sequence_of_switches_keeps_picture_ids_continuous_across_wraps() {
-        let mut state = 0x9e37_79b9_u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
+        let mut next = crate::router::test_random(0x9e37_79b9);
         let mut r = Vp8Rewriter::default();
         let mut sources: [(u16, u8); 3] = [(0x7ff0, 250), (5, 0), (0x7fff, 255)];
         let mut shown = 0usize;

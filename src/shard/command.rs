@@ -45,11 +45,9 @@ pub enum Command {
     },
     /// Packets from a publisher on another shard, for this shard's viewers.
     Media(Vec<Arc<MediaPacket>>),
-    /// A viewer somewhere needs a keyframe from `room`'s publisher: of one
-    /// `(track, layer)` (a simulcast switch), or of every video stream.
+    /// A viewer somewhere needs a keyframe from `room`'s publisher.
     WantKeyframe {
         room: RoomId,
-        layer: Option<(u64, u8)>,
     },
     /// `room`'s publisher `key` now lives on `shard`.
     PublisherAt {

@@ -578,8 +578,8 @@ impl ShardLoop {
                     self.fan_out_local(&packet);
                 }
             }
-            Command::WantKeyframe { room, layer } => {
-                self.request_keyframe_here(&room, layer, Instant::now())
+            Command::WantKeyframe { room } => {
+                self.request_keyframe_here(&room, None, Instant::now())
             }
             Command::PublisherAt { room, key, shard } => {
                 tracing::debug!(shard = self.index, %room, publisher = %key, publisher_shard = shard, "publisher located");
@@ -1029,7 +1029,7 @@ impl ShardLoop {
         }
         if wants_keyframe {
             let room = packet.room.clone();
-            self.request_keyframe_anywhere(&room, None, now);
+            self.request_keyframe_anywhere(&room, now);
         }
         for (viewer, layer) in layer_wishes {
             self.want_layer(&packet.room, layer, viewer, now);
@@ -1132,7 +1132,7 @@ impl ShardLoop {
         if let Some(peer) = self.peers.get_mut(&viewer) {
             peer.keyframe_asked = Some(now);
         }
-        self.request_keyframe_anywhere(room, None, now);
+        self.request_keyframe_anywhere(room, now);
     }
 
     /// The video bitrate a new viewer's estimate starts with (its audio's share
@@ -1188,16 +1188,13 @@ impl ShardLoop {
         }
     }
 
-    /// Asks `room`'s publisher, wherever it lives, for a keyframe of one
-    /// `(track, layer)` or of every video stream.
-    fn request_keyframe_anywhere(&mut self, room: &RoomId, layer: Option<(u64, u8)>, now: Instant) {
+    /// Asks `room`'s publisher, wherever it lives, for a keyframe of every video
+    /// stream (a layer switch asks through [`ShardLoop::want_layer`]).
+    fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
         match self.router.room(room).and_then(|r| r.publisher_shard()) {
-            Some(shard) if shard == self.index => self.request_keyframe_here(room, layer, now),
+            Some(shard) if shard == self.index => self.request_keyframe_here(room, None, now),
             Some(shard) => {
-                self.shards[shard].send(Command::WantKeyframe {
-                    room: room.clone(),
-                    layer,
-                });
+                self.shards[shard].send(Command::WantKeyframe { room: room.clone() });
             }
             None => {} // no publisher: its first keyframe will come anyway
         }
