@@ -56,8 +56,12 @@ async fn publish(server: &Server, room: &str) -> ObsPublisher {
     publisher
 }
 
+/// A viewer behind a relay with no limit, which counts the RTP packets the
+/// server sends it twice (see [`assert_clean_switches`]).
 async fn view(server: &Server, room: &str) -> Viewer {
-    let viewer = flow::view(server, room, ViewerOptions::default().codecs(Codecs::H264)).await;
+    let relay = std::sync::Arc::new(Shaper::start().expect("relay"));
+    let options = ViewerOptions::default().codecs(Codecs::H264).via(relay);
+    let viewer = flow::view(server, room, options).await;
     assert_eq!(viewer.session.response.status, 201);
     viewer
 }
@@ -114,6 +118,10 @@ async fn wait_for_layer(viewer: &Viewer, layer: u8, within: Duration) -> Duratio
 /// of a keyframe, and (with `gapless`, on a link that loses nothing) the sequence
 /// numbers have no gap. Returns the layers in the order they were received.
 fn assert_clean_switches(viewer: &Viewer, gapless: bool) -> Vec<u8> {
+    // The same packet twice on the wire (the client's stack drops the second).
+    if let Some(link) = &viewer.options.via {
+        assert_eq!(link.duplicates(), 0, "RTP packets sent to the viewer twice");
+    }
     // In sending order (a retransmission arrives late), each packet once.
     let mut received = viewer.received(Kind::Video);
     received.sort_by_key(|p| p.ext_seq);

@@ -274,7 +274,7 @@ impl ViewerSide {
                 out
             }
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
-            Err(Drop::BeforeSwitch) => return WriteOutcome::Skipped,
+            Err(Drop::BeforeSwitch | Drop::AlreadySent) => return WriteOutcome::Skipped,
         };
         // The capture moment str0m builds this stream's sender reports from (lip sync).
         let mut wallclock = packet.wallclock;

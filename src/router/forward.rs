@@ -38,7 +38,15 @@ pub enum Drop {
     /// A late packet from before the current source started (reordered or
     /// retransmitted across a switch): forwarding it would go backwards.
     BeforeSwitch,
+    /// The packet was written already (a keyframe cache replayed to a viewer that
+    /// had just started on the same keyframe live, or a publisher's duplicate).
+    AlreadySent,
 }
+
+/// How many sequence numbers back from the newest the forwarder remembers as
+/// written, to refuse a second copy; older late packets pass (a receiver drops
+/// duplicates too, and RTP's own repair reaches no further back than that).
+const SENT_WINDOW: u64 = 128;
 
 #[derive(Debug)]
 pub struct Forwarder {
@@ -48,6 +56,8 @@ pub struct Forwarder {
     current: Option<Source>,
     /// Last output, to continue from it on the next switch.
     last: Option<LastOut>,
+    /// Bit `i`: sequence number `last.seq - i` was written.
+    sent: u128,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +84,7 @@ impl Forwarder {
             clock_rate: clock_rate.max(1),
             current: None,
             last: None,
+            sent: 0,
         }
     }
 
@@ -114,8 +125,23 @@ impl Forwarder {
             timestamp: packet.timestamp.wrapping_add(source.ts_offset),
         };
         match self.last {
-            Some(last) if last.seq >= out.seq => {} // a reordered or resent packet
+            // A reordered or resent packet: it fills its gap once.
+            Some(last) if last.seq >= out.seq => {
+                let back = last.seq - out.seq;
+                if back < SENT_WINDOW {
+                    if self.sent & (1 << back) != 0 {
+                        return Err(Drop::AlreadySent);
+                    }
+                    self.sent |= 1 << back;
+                }
+            }
             _ => {
+                let ahead = self.last.map_or(SENT_WINDOW, |last| out.seq - last.seq);
+                self.sent = if ahead < SENT_WINDOW {
+                    (self.sent << ahead) | 1
+                } else {
+                    1
+                };
                 self.last = Some(LastOut {
                     seq: out.seq,
                     timestamp: out.timestamp,
@@ -257,6 +283,36 @@ mod tests {
         assert_eq!(switched.seq, 13);
     }
 
+    #[test]
+    fn a_packet_is_written_once_and_a_late_one_fills_its_gap_once() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000);
+        f.forward(&meta(1, 100, 0, true, t0)).unwrap();
+        f.forward(&meta(1, 102, 0, false, t0)).unwrap();
+        assert_eq!(
+            f.forward(&meta(1, 102, 0, false, t0)),
+            Err(Drop::AlreadySent)
+        );
+        assert_eq!(
+            f.forward(&meta(1, 100, 0, true, t0)),
+            Err(Drop::AlreadySent)
+        );
+        assert_eq!(f.forward(&meta(1, 101, 0, false, t0)).unwrap().seq, 101);
+        assert_eq!(
+            f.forward(&meta(1, 101, 0, false, t0)),
+            Err(Drop::AlreadySent)
+        );
+        // Far ahead, then the window still knows what it wrote near the top.
+        f.forward(&meta(1, 1_000, 0, false, t0)).unwrap();
+        assert_eq!(
+            f.forward(&meta(1, 1_000, 0, false, t0)),
+            Err(Drop::AlreadySent)
+        );
+        assert_eq!(f.forward(&meta(1, 999, 0, false, t0)).unwrap().seq, 999);
+        // Beyond the window a late packet is not judged.
+        assert!(f.forward(&meta(1, 102, 0, false, t0)).is_ok());
+    }
+
     /// Three sources (simulcast layers, or publishers) whose numbering starts just
     /// before the 16-bit sequence and 32-bit timestamp wraps; the viewer switches
     /// between them at random, always on a keyframe. Whatever the order, every
@@ -319,7 +375,7 @@ mod tests {
                             "a keyframe was refused at step {step}"
                         );
                     }
-                    Err(Drop::BeforeSwitch) => panic!("in-order packet refused at step {step}"),
+                    Err(e) => panic!("in-order packet refused at step {step}: {e:?}"),
                 }
             }
             sources[source] = (seq + u64::from(packets), ts.wrapping_add(3_000));

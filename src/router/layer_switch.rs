@@ -89,7 +89,10 @@ impl LayerSwitch {
             self.wish_for(layer, now);
             return Admit::Skip;
         }
-        if let Some(t) = target {
+        // Another layer's packet: the target's keyframe is wished for, unless the
+        // target is what the viewer already gets (its cache replayed again, or a
+        // keyframe asked of the publisher, would only repeat what it has).
+        if let Some(t) = target.filter(|t| self.forwarding != Some(*t)) {
             self.wish_for(t, now);
         }
         Admit::Skip
@@ -254,6 +257,26 @@ mod tests {
     }
 
     #[test]
+    fn the_layer_already_forwarded_is_not_wished_for_when_other_layers_pass() {
+        let t0 = Instant::now();
+        let layers = running_layers(t0);
+        let mut s = LayerSwitch::default();
+        let plenty = Some(5_000_000);
+        assert_eq!(
+            s.admit(&layers, 2, true, plenty, Preference::Auto, t0),
+            Admit::Switch
+        );
+        for step in 1..40u64 {
+            let now = t0 + ms(step * 50);
+            for layer in [0, 1, 2] {
+                s.admit(&layers, layer, false, plenty, Preference::Auto, now);
+                assert_eq!(s.take_keyframe_wish(), None, "at {step}, layer {layer}");
+            }
+        }
+        assert_eq!(s.forwarding(), Some(2));
+    }
+
+    #[test]
     fn any_sequence_of_packets_switches_only_on_keyframes_of_the_target() {
         let t0 = Instant::now();
         let layers = running_layers(t0);
@@ -274,7 +297,15 @@ mod tests {
             for index in 0..3u8 {
                 layers.record(index, now, u64::from(index) * 600_000 + 100_000, None);
             }
-            match s.admit(&layers, layer, keyframe, estimate, preference, now) {
+            let admit = s.admit(&layers, layer, keyframe, estimate, preference, now);
+            if let Some(wished) = s.take_keyframe_wish() {
+                assert_ne!(
+                    forwarded.filter(|_| admit != Admit::Switch),
+                    Some(wished),
+                    "a keyframe wished for the layer already forwarded at step {step}"
+                );
+            }
+            match admit {
                 Admit::Switch => {
                     assert!(keyframe, "a switch without a keyframe at step {step}");
                     forwarded = Some(layer);

@@ -5,7 +5,7 @@
 //! viewer's answer is rewritten so it sends to the relay; the server learns the
 //! relay's address from the checks (peer-reflexive), so nothing else changes.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +31,10 @@ struct Shared {
     /// Bits per second towards the viewer; 0 = unlimited.
     rate_bps: AtomicU64,
     dropped: AtomicU64,
+    /// RTP packets towards the viewer whose SSRC and sequence number were
+    /// already seen: the same packet sent twice (a retransmission goes on its
+    /// own RTX SSRC, so it is not one).
+    duplicates: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -58,6 +62,7 @@ impl Shaper {
             viewer: Mutex::new(None),
             rate_bps: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let up = {
@@ -91,6 +96,12 @@ impl Shaper {
     /// Packets dropped at the bottleneck so far.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::SeqCst)
+    }
+
+    /// RTP packets the server sent the viewer more than once (SRTP leaves the
+    /// header in the clear, so the relay can tell).
+    pub fn duplicates(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::SeqCst)
     }
 
     /// Rewrites an answer's candidates to the relay, and remembers the server's
@@ -158,6 +169,7 @@ fn relay_down(shared: &Shared, from_server: &UdpSocket, to_viewer: &UdpSocket) {
     // (departure time, datagram)
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let mut link_free_at = Instant::now();
+    let mut seen: HashSet<(u32, u16)> = HashSet::new();
     while !shared.stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         while queue.front().is_some_and(|(at, _)| *at <= now) {
@@ -174,6 +186,11 @@ fn relay_down(shared: &Shared, from_server: &UdpSocket, to_viewer: &UdpSocket) {
         let _ = from_server.set_read_timeout(Some(wait));
         match from_server.recv_from(&mut buf) {
             Ok((n, _)) => {
+                if let Some(id) = rtp_identity(&buf[..n]) {
+                    if !seen.insert(id) {
+                        shared.duplicates.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
                 let now = Instant::now();
                 let rate = shared.rate_bps.load(Ordering::SeqCst);
                 if rate == 0 {
@@ -194,4 +211,17 @@ fn relay_down(shared: &Shared, from_server: &UdpSocket, to_viewer: &UdpSocket) {
             Err(_) => {}
         }
     }
+}
+
+/// The SSRC and sequence number of an RTP datagram (RFC 7983: first byte
+/// 128..=191; RFC 5761: payload types 64..=95 are RTCP's).
+fn rtp_identity(datagram: &[u8]) -> Option<(u32, u16)> {
+    let header = datagram.get(..12)?;
+    let rtcp = (64..=95).contains(&(header[1] & 0x7f));
+    if !(128..=191).contains(&header[0]) || rtcp {
+        return None;
+    }
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    Some((ssrc, seq))
 }
