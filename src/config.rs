@@ -63,9 +63,9 @@ pub struct MediaConfig {
     /// Bytes kept per video track so a new viewer starts at once (the packets
     /// since the last keyframe). 0 disables the cache.
     pub keyframe_cache_bytes: usize,
-    /// Where each viewer's bandwidth estimate (TWCC) starts, in kbit/s; the
-    /// simulcast layer it gets is the best one the estimate carries. 0 (the
-    /// default) turns the estimation off: every viewer gets the best layer
+    /// Where the bandwidth estimate (TWCC) of each viewer of a simulcast
+    /// publisher starts, in kbit/s; the layer it gets is the best one the estimate
+    /// carries. 0 turns the estimation off: every viewer gets the best layer
     /// running (within its pin or cap).
     pub viewer_initial_estimate_kbps: u64,
 }
@@ -130,7 +130,7 @@ impl Default for MediaConfig {
             keyframe_cache_bytes: 8 * 1024 * 1024,
             // Off until str0m's estimate holds up against browsers (see the
             // README: against Chromium viewers it falls far below the link).
-            viewer_initial_estimate_kbps: 0,
+            viewer_initial_estimate_kbps: 1000,
         }
     }
 }

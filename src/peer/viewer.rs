@@ -12,9 +12,10 @@ use str0m::Rtc;
 
 use super::negotiated;
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
-use crate::router::layer_select::{Preference, UP_HEADROOM};
+use crate::router::layer_select::{best_allowed, Preference, UP_HEADROOM};
 use crate::router::layer_switch::{Admit, LayerSwitch};
 use crate::router::layers::{LayerReport, LayerRequest, TrackLayers};
+use crate::router::probe::ProbePlan;
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
 
@@ -27,8 +28,8 @@ pub struct ViewerSide {
     preference: Preference,
     /// A keyframe of this track's layer is wanted for a switch: the shard takes it.
     keyframe_wish: Option<(u64, u8)>,
-    /// The desired bitrate last given to str0m's estimator (it probes towards it).
-    desired_bps: Option<u64>,
+    /// What str0m's estimator is asked to reach, and when it probes.
+    probe: ProbePlan,
     /// Layer switches made and not yet counted by the shard.
     switches: u32,
 }
@@ -240,7 +241,16 @@ impl ViewerSide {
                 self.keyframe_wish = Some((packet.track, layer));
             }
             if slot.layers.evaluated_at(now) {
-                want_probing(rtc, &mut self.desired_bps, &packet.layers, now);
+                let target = slot.layers.target();
+                want_probing(
+                    rtc,
+                    &mut self.probe,
+                    &packet.layers,
+                    target,
+                    self.preference,
+                    self.estimate_bps,
+                    now,
+                );
             }
             match admit {
                 Admit::Skip => return WriteOutcome::Skipped,
@@ -320,26 +330,30 @@ impl ViewerSide {
     }
 }
 
-/// Tells str0m's estimator what the track could use, so it probes towards it (with
-/// padding) and a viewer whose estimate started low can climb to the best layer.
-fn want_probing(rtc: &mut Rtc, desired: &mut Option<u64>, layers: &TrackLayers, now: Instant) {
-    let best = layers
-        .views(now)
-        .iter()
-        .filter(|l| l.available)
-        .map(|l| l.bitrate_bps)
-        .max()
-        .unwrap_or(0);
-    // Probe beyond the bar the best layer must clear (its bitrate with headroom),
-    // so an estimate that reaches it is not left hovering on it.
-    let wanted = (best as f64 * UP_HEADROOM * PROBE_MARGIN) as u64 + AUDIO_SHARE_BPS;
-    // Only a change of more than a tenth is worth telling.
-    let changed = desired.is_none_or(|d| wanted.abs_diff(d) * 10 > d);
-    if best > 0 && changed {
-        *desired = Some(wanted);
+/// Tells str0m's estimator what the best layer the viewer may have needs, so it
+/// probes towards it (and, while the viewer is held below that layer, now and
+/// then beyond its estimate: see `router/probe.rs`).
+fn want_probing(
+    rtc: &mut Rtc,
+    probe: &mut ProbePlan,
+    layers: &TrackLayers,
+    target: Option<u8>,
+    preference: Preference,
+    estimate_bps: Option<u64>,
+    now: Instant,
+) {
+    let views = layers.views(now);
+    let Some(best) = best_allowed(&views, preference) else {
+        return;
+    };
+    // Beyond the bar the best layer must clear (its bitrate with headroom), so an
+    // estimate that reaches it is not left hovering on it.
+    let wanted = (best.bitrate_bps as f64 * UP_HEADROOM * PROBE_MARGIN) as u64 + AUDIO_SHARE_BPS;
+    let held_below = target.is_some_and(|t| t != best.index);
+    if let Some(desired) = probe.plan(wanted, estimate_bps, held_below, now) {
         rtc.bwe().set_bitrate(
             str0m::bwe::Bitrate::bps(0),
-            str0m::bwe::Bitrate::bps(wanted),
+            str0m::bwe::Bitrate::bps(desired),
         );
     }
 }

@@ -100,24 +100,7 @@ impl LayerSelector {
                 return self.current;
             }
         }
-        // The layers allowed, best first.
-        let allowed: Vec<&LayerView> = match preference {
-            Preference::Cap(index) => match order.iter().position(|l| l.index == index) {
-                Some(cap) => order[cap..]
-                    .iter()
-                    .filter(|l| l.available)
-                    .copied()
-                    .collect(),
-                None => running.clone(),
-            },
-            _ => running.clone(),
-        };
-        let allowed = if allowed.is_empty() {
-            // The cap is below everything that runs: the lowest running layer.
-            running[running.len() - 1..].to_vec()
-        } else {
-            allowed
-        };
+        let allowed = allowed(&order, &running, preference);
         let fits = |l: &LayerView, headroom: f64| match estimate_bps {
             None => true,
             Some(estimate) => l.bitrate_bps as f64 * headroom <= estimate as f64,
@@ -171,6 +154,45 @@ impl LayerSelector {
         }
         self.current
     }
+}
+
+/// The running layers a viewer with `preference` may get (a pin aside), best
+/// first: all of them, or those at or below a cap (the lowest one if the cap is
+/// below everything that runs). `running` is `order` without the stopped ones.
+fn allowed<'a>(
+    order: &[&'a LayerView],
+    running: &[&'a LayerView],
+    preference: Preference,
+) -> Vec<&'a LayerView> {
+    let capped: Vec<&LayerView> = match preference {
+        Preference::Cap(index) => match order.iter().position(|l| l.index == index) {
+            Some(cap) => order[cap..]
+                .iter()
+                .filter(|l| l.available)
+                .copied()
+                .collect(),
+            None => running.to_vec(),
+        },
+        _ => running.to_vec(),
+    };
+    if capped.is_empty() {
+        running[running.len().saturating_sub(1)..].to_vec()
+    } else {
+        capped
+    }
+}
+
+/// The best layer a viewer with `preference` may get, whatever its bandwidth:
+/// what its estimator is asked to reach.
+pub fn best_allowed(layers: &[LayerView], preference: Preference) -> Option<&LayerView> {
+    let order = quality_order(layers);
+    let running: Vec<&LayerView> = order.iter().filter(|l| l.available).copied().collect();
+    if let Preference::Pin(index) = preference {
+        if let Some(pinned) = running.iter().find(|l| l.index == index) {
+            return Some(pinned);
+        }
+    }
+    allowed(&order, &running, preference).first().copied()
 }
 
 /// `layers` best first (see the module documentation).

@@ -16,6 +16,7 @@ pub mod layer_select;
 pub mod layer_switch;
 pub mod layers;
 pub mod payload_type;
+pub mod probe;
 pub mod resolution;
 pub mod simulcast;
 pub mod vp8;

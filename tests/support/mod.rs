@@ -287,7 +287,12 @@ async fn negotiate(
     send: Option<SendConfig>,
     via: Option<&shaper::Shaper>,
 ) -> Result<(Peer, Session), String> {
-    let offer = pending.offer.clone();
+    // Behind a relay the offer goes without candidates: the server learns only the
+    // relay's address (from the checks through it) and cannot reach around it.
+    let offer = match via {
+        Some(_) => shaper::without_candidates(&pending.offer),
+        None => pending.offer.clone(),
+    };
     let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
     if resp.status != 201 {
         return Err(format!(

@@ -231,6 +231,15 @@ pub fn build_rtc_with(codecs: Codecs, dtls: ClientDtls) -> Rtc {
 /// A UDP socket on 127.0.0.1 (ephemeral port) and the matching host candidate added to `rtc`.
 pub fn bind_loopback(rtc: &mut Rtc) -> Result<UdpSocket, String> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    // Arrival times from the kernel, as a browser's network thread has them: this
+    // client's loop may read a datagram late on a busy machine, and a late reading
+    // stamped "now" would bunch arrivals and spoil the sender's bandwidth probes.
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    )
+    .map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
     let addr = socket
         .local_addr()
         .map_err(|e| format!("local_addr: {e}"))?;
@@ -666,8 +675,8 @@ impl Driver {
                 self.socket
                     .set_read_timeout(Some(wait))
                     .map_err(|e| format!("set_read_timeout: {e}"))?;
-                match self.socket.recv_from(&mut buf) {
-                    Ok((n, source)) => self.receive(source, &buf[..n])?,
+                match recv_stamped(&self.socket, &mut buf) {
+                    Ok((n, source, at)) => self.receive(source, &buf[..n], at)?,
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                     // ICMP port unreachable after the far end went away, and the like.
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
@@ -680,14 +689,14 @@ impl Driver {
         }
     }
 
-    fn receive(&mut self, source: SocketAddr, data: &[u8]) -> Result<(), String> {
+    fn receive(&mut self, source: SocketAddr, data: &[u8], at: Instant) -> Result<(), String> {
         self.state().datagrams_received += 1;
         let Ok(contents) = data.try_into() else {
             // Not something str0m understands; ignore it like a real client would.
             return Ok(());
         };
         let input = Input::Receive(
-            Instant::now(),
+            at,
             Receive {
                 proto: Protocol::Udp,
                 source,
@@ -1082,4 +1091,38 @@ impl Driver {
             );
         }
     }
+}
+
+/// One datagram, its sender, and when the kernel received it (now, if the kernel
+/// did not say).
+fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Instant)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<SockaddrIn>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
+    let source = msg
+        .address
+        .map(|a| SocketAddr::V4(a.into()))
+        .ok_or_else(|| std::io::Error::other("a datagram without a source"))?;
+    let (now, wall_now) = (Instant::now(), std::time::SystemTime::now());
+    let mut at = now;
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = cmsg {
+            let stamped =
+                std::time::UNIX_EPOCH + Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32);
+            let age = wall_now.duration_since(stamped).unwrap_or_default();
+            at = now.checked_sub(age).unwrap_or(now);
+        }
+    }
+    Ok((msg.bytes, source, at))
 }

@@ -136,6 +136,14 @@ impl Shaper {
     }
 }
 
+/// `offer` without its candidates (see [`Shaper::rewrite_answer`] for the answer).
+pub fn without_candidates(offer: &str) -> String {
+    offer
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("a=candidate:"))
+        .collect()
+}
+
 impl Drop for Shaper {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
