@@ -19,7 +19,11 @@ fn payloads_describe_themselves() {
     let id = identity(&a).expect("audio identity");
     assert_eq!((id.kind, id.tag, id.index), (Kind::Audio, 7, 42));
 
-    for descriptor in [Vp8Descriptor::Minimal, Vp8Descriptor::PictureId] {
+    for descriptor in [
+        Vp8Descriptor::Minimal,
+        Vp8Descriptor::PictureId,
+        Vp8Descriptor::Temporal,
+    ] {
         let key = video_frame(3, 10, true, descriptor, 0x1234);
         assert_eq!(key.len(), 3);
         assert!(is_vp8_keyframe_start(&key[0]));
@@ -36,6 +40,11 @@ fn payloads_describe_themselves() {
             Vp8Descriptor::PictureId => {
                 assert_eq!(key[0][0], 0x90);
                 assert_eq!(h.picture_id, Some((0x1234, true)));
+            }
+            Vp8Descriptor::Temporal => {
+                assert_eq!(h.picture_id, Some((0x1234, true)));
+                assert_eq!(h.tl0picidx, Some(2), "frame 10: the third base frame");
+                assert_eq!(key[0][h.len - 1] >> 6, 0, "a keyframe is a base frame");
             }
         }
         // First VP8 payload byte: P bit 0 for a key frame.

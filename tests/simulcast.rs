@@ -440,3 +440,106 @@ async fn before_media_the_report_is_empty_and_only_automatic_choice_is_taken() {
     })
     .await;
 }
+
+/// VP8 temporal layers, the finer step: a publisher sends three temporal layers
+/// (the L1T3 pattern Chromium uses); the viewer caps them at the base layer through
+/// the layer API and then lifts the cap. With the cap, only base frames arrive;
+/// after it, all of them again. Throughout, the viewer's sequence numbers and VP8
+/// picture IDs run on with no gap and TL0PICIDX moves by one per base frame, so
+/// its decoder sees neither a lost packet nor a missing picture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_caps_the_temporal_layer_and_its_stream_stays_continuous() {
+    use support::media::{parse_vp8, temporal_of_frame, Vp8Descriptor};
+    use support::PublisherOptions;
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(without_estimation()).await;
+        let mut options = PublisherOptions::new(9);
+        options.send.descriptor = Vp8Descriptor::Temporal;
+        options.send.keyframe_interval = Some(90);
+        let publisher = flow::publish(&server, "temporal", options).await;
+        let relay = std::sync::Arc::new(Shaper::start().expect("relay"));
+        let viewer = flow::view(&server, "temporal", ViewerOptions::default().via(relay)).await;
+        wait_for_media(&viewer, 30, 10, Duration::from_secs(6)).await;
+        let tid_of = |p: &support::media::ReceivedPacket| {
+            let id = p.identity().expect("every video payload names itself");
+            temporal_of_frame(id.index, id.keyframe).0
+        };
+
+        let capped = post_layer(&viewer, "application/json", r#"{"maxTemporalLayerId":0}"#).await;
+        assert_eq!(capped.status, 200, "{}", capped.body);
+        wait_until("the cap taken", Duration::from_secs(3), || {
+            viewer
+                .received(Kind::Video)
+                .last()
+                .is_some_and(|p| tid_of(p) == 0)
+        })
+        .await
+        .expect("base frames");
+        let from = viewer.received(Kind::Video).len();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let during: Vec<u8> = viewer.received(Kind::Video)[from..]
+            .iter()
+            .map(tid_of)
+            .collect();
+        assert!(during.len() > 10, "{during:?}");
+        assert!(
+            during.iter().all(|t| *t == 0),
+            "frames above the base layer: {during:?}"
+        );
+        let report = get_layers(&viewer).await;
+        assert_eq!(report["sendingTemporalLayerId"], 0, "{report}");
+        assert_eq!(report["maxTemporalLayerId"], 0, "{report}");
+
+        let lifted = post_layer(&viewer, "application/json", "{}").await;
+        assert_eq!(lifted.status, 200, "{}", lifted.body);
+        let from = viewer.received(Kind::Video).len();
+        wait_until("every temporal layer again", Duration::from_secs(3), || {
+            let received = viewer.received(Kind::Video);
+            let tids: Vec<u8> = received[from.min(received.len())..]
+                .iter()
+                .map(tid_of)
+                .collect();
+            tids.contains(&1) && tids.contains(&2)
+        })
+        .await
+        .expect("layers 1 and 2 back");
+        assert_eq!(
+            get_layers(&viewer).await["sendingTemporalLayerId"],
+            Value::Null
+        );
+
+        // The whole stream, in sending order: no gap, no missing picture.
+        let link = viewer.options.via.as_ref().expect("relay");
+        assert_eq!(link.duplicates(), 0, "RTP packets sent to the viewer twice");
+        let mut received = viewer.received(Kind::Video);
+        received.sort_by_key(|p| p.ext_seq);
+        received.dedup_by_key(|p| p.ext_seq);
+        let mut previous: Option<(u64, u16, u8)> = None; // seq, picture id, tl0
+        for p in &received {
+            let h = parse_vp8(&p.payload).expect("a VP8 descriptor");
+            let (pid, _) = h.picture_id.expect("a picture id");
+            let tl0 = h.tl0picidx.expect("a TL0PICIDX");
+            if let Some((seq, last_pid, last_tl0)) = previous {
+                assert_eq!(
+                    p.ext_seq,
+                    seq + 1,
+                    "a gap before sequence number {}",
+                    p.ext_seq
+                );
+                let step = pid.wrapping_sub(last_pid) & 0x7fff;
+                if h.start && h.pid == 0 {
+                    assert_eq!(step, 1, "picture {last_pid} then {pid}");
+                    let tl0_step = tl0.wrapping_sub(last_tl0);
+                    assert!(tl0_step <= 1, "TL0PICIDX {last_tl0} then {tl0}");
+                } else {
+                    assert_eq!(step, 0, "a picture's packets share its id");
+                }
+            }
+            previous = Some((p.ext_seq, pid, tl0));
+        }
+        drop((viewer, publisher));
+        server.shutdown().await;
+    })
+    .await;
+}

@@ -304,6 +304,7 @@ impl Publisher {
             marker: true,
             keyframe,
             vp8,
+            temporal: None,
             arrival: now,
             wallclock: now,
             extensions: Default::default(),

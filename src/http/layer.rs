@@ -11,8 +11,13 @@
 //!   never above that layer;
 //! - `{}`: automatic choice.
 //!
-//! `mediaId`, if given, must name the viewer's video m-line. Temporal layers are
-//! not selected by this server: asking for one is a 400, as is any other field.
+//! - `{"maxTemporalLayerId": 1}` (or `temporalLayerId`), alone or with one of
+//!   the above: VP8 frames of temporal layers above it are not forwarded (the
+//!   frame rate drops, the sequence numbers and picture IDs stay continuous).
+//!
+//! `mediaId`, if given, must name the viewer's video m-line. Any other field is a
+//! 400. The report says which temporal layer is the highest sent
+//! (`sendingTemporalLayerId`, null when all are).
 
 use std::sync::Arc;
 
@@ -90,17 +95,26 @@ async fn post(
         serde_json::from_str(&text)
             .map_err(|e| Problem::bad_request(format!("the layer request is not valid: {e}")))?
     };
-    if body.temporal_layer_id.is_some() || body.max_temporal_layer_id.is_some() {
-        return Err(Problem::bad_request(
-            "temporal layers are not selected by this server; choose a spatial layer or encoding",
-        ));
-    }
+    let max_temporal_layer_id = match (body.temporal_layer_id, body.max_temporal_layer_id) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "give temporalLayerId or maxTemporalLayerId, not both",
+            ))
+        }
+        (Some(t), None) | (None, Some(t)) if t > 2 => {
+            return Err(Problem::bad_request(format!(
+                "temporal layer {t} does not exist: VP8 temporal layers are 0, 1 and 2"
+            )))
+        }
+        (t, None) | (None, t) => t,
+    };
     let media_id = body.media_id.clone();
     let request = LayerRequest {
         encoding_id: body.encoding_id,
         spatial_layer_id: body.spatial_layer_id,
         max_encoding_id: body.max_encoding_id,
         max_spatial_layer_id: body.max_spatial_layer_id,
+        max_temporal_layer_id,
     };
     if let Some(media_id) = media_id {
         let report = ask(state, room, session, None).await?;
@@ -198,6 +212,8 @@ pub fn report_json(report: &LayerReport) -> Value {
         "sending": name(report.sending),
         "target": name(report.target),
         "preference": preference,
+        "sendingTemporalLayerId": report.sending_temporal,
+        "maxTemporalLayerId": report.max_temporal,
         "estimatedBitrate": report.estimate_bps,
     })
 }

@@ -58,6 +58,9 @@ struct IncomingStream {
     kind: MediaKind,
     layers: Arc<TrackLayers>,
     meter: BitrateMeter,
+    /// Its VP8 frames' bitrate per temporal layer (TID 0, 1, 2 and above), once
+    /// it is seen to have temporal layering.
+    temporal_meters: Option<Box<[BitrateMeter; 3]>>,
     /// When a keyframe was last asked of this stream.
     last_keyframe_request: Option<Instant>,
     /// RTP timestamp of the last picture that started a keyframe.
@@ -169,6 +172,20 @@ impl PublisherSide {
         stream
             .layers
             .record(stream.layer, arrival, stream.meter.bps(arrival), resolution);
+        let temporal = vp8.and_then(|_| crate::router::vp8::temporal(&packet.payload));
+        if let Some(t) = temporal {
+            let meters = stream
+                .temporal_meters
+                .get_or_insert_with(|| Box::new([0; 3].map(|_| BitrateMeter::new(arrival))));
+            meters[usize::from(t.id.min(2))].add(packet.payload.len() + RTP_OVERHEAD, arrival);
+            let mut up_to = [0u64; 3];
+            let mut sum = 0;
+            for (tid, meter) in meters.iter_mut().enumerate() {
+                sum += meter.bps(arrival);
+                up_to[tid] = sum;
+            }
+            stream.layers.record_temporal(stream.layer, up_to);
+        }
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
@@ -183,6 +200,7 @@ impl PublisherSide {
             marker: packet.header.marker,
             keyframe,
             vp8,
+            temporal,
             arrival: packet.timestamp,
             wallclock,
             extensions: ForwardedExtensions::from_received(&packet.header.ext_vals),
@@ -212,6 +230,7 @@ impl PublisherSide {
             kind: media.kind,
             layers: Arc::clone(&media.layers),
             meter: BitrateMeter::new(Instant::now()),
+            temporal_meters: None,
             last_keyframe_request: None,
             last_keyframe_ts: None,
             clock: StreamClock::default(),

@@ -16,6 +16,7 @@ use crate::router::layer_select::{best_allowed, Preference, UP_HEADROOM};
 use crate::router::layer_switch::{Admit, LayerSwitch};
 use crate::router::layers::{LayerReport, LayerRequest, TrackLayers};
 use crate::router::probe::ProbePlan;
+use crate::router::temporal::{temporal_target, TemporalFilter, ALL_TEMPORAL};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
 
@@ -26,6 +27,8 @@ pub struct ViewerSide {
     estimate_bps: Option<u64>,
     /// What the viewer asked for on simulcast tracks (the WHEP layer API).
     preference: Preference,
+    /// The highest VP8 temporal layer it asked for (the WHEP layer API).
+    max_temporal: Option<u8>,
     /// A keyframe of this track's layer is wanted for a switch: the shard takes it.
     keyframe_wish: Option<(u64, u8)>,
     /// What str0m's estimator is asked to reach, and when it probes.
@@ -54,6 +57,11 @@ struct Slot {
     layers: LayerSwitch,
     /// The layers of the track shown (for the layer API and events).
     track_layers: Option<Arc<TrackLayers>>,
+    /// Which VP8 temporal layers it forwards.
+    temporal: TemporalFilter,
+    /// The highest temporal layer the viewer's estimate carries on the layer
+    /// forwarded (every one unless even the lowest layer does not fit).
+    temporal_by_bandwidth: u8,
 }
 
 /// What happened to a packet offered to a viewer.
@@ -92,6 +100,8 @@ impl ViewerSide {
                 forwarder: None,
                 layers: LayerSwitch::default(),
                 track_layers: None,
+                temporal: TemporalFilter::default(),
+                temporal_by_bandwidth: ALL_TEMPORAL,
             });
         }
     }
@@ -134,9 +144,14 @@ impl ViewerSide {
         request: &LayerRequest,
         now: Instant,
     ) -> Result<LayerReport, String> {
-        if *request == LayerRequest::default() {
+        let spatial = LayerRequest {
+            max_temporal_layer_id: None,
+            ..request.clone()
+        };
+        if spatial == LayerRequest::default() {
             // Automatic choice needs no layer to resolve: it holds before media too.
             self.preference = Preference::Auto;
+            self.max_temporal = request.max_temporal_layer_id;
             return Ok(self.layer_report(now));
         }
         let layers = self
@@ -146,6 +161,7 @@ impl ViewerSide {
             .and_then(|s| s.track_layers.clone())
             .ok_or_else(|| "nothing is being sent to this session yet".to_string())?;
         self.preference = request.resolve(&layers, now)?;
+        self.max_temporal = request.max_temporal_layer_id;
         Ok(self.layer_report(now))
     }
 
@@ -160,6 +176,8 @@ impl ViewerSide {
                 sending: None,
                 target: None,
                 preference: self.preference,
+                sending_temporal: None,
+                max_temporal: self.max_temporal,
                 estimate_bps: self.estimate_bps,
             };
         };
@@ -178,6 +196,8 @@ impl ViewerSide {
                 Some(0)
             },
             preference: self.preference,
+            sending_temporal: slot.temporal.dropping_above(),
+            max_temporal: self.max_temporal,
             estimate_bps: self.estimate_bps,
         }
     }
@@ -241,6 +261,16 @@ impl ViewerSide {
                 self.keyframe_wish = Some((packet.track, layer));
             }
             if slot.layers.evaluated_at(now) {
+                slot.temporal_by_bandwidth = match slot.layers.forwarding() {
+                    Some(layer) => temporal_target(
+                        packet.layers.up_to_temporal_bps(layer),
+                        packet.layers.bitrate_bps(layer),
+                        estimate,
+                        slot.temporal.cap(),
+                        UP_HEADROOM,
+                    ),
+                    None => ALL_TEMPORAL,
+                };
                 let target = slot.layers.target();
                 want_probing(
                     rtc,
@@ -275,6 +305,24 @@ impl ViewerSide {
             keyframe: packet.keyframe,
             arrival,
         };
+        // The finer step: frames above the temporal layer chosen are dropped, and
+        // the numbering closes over them.
+        if packet.temporal.is_some() {
+            let wanted = self
+                .max_temporal
+                .unwrap_or(ALL_TEMPORAL)
+                .min(slot.temporal_by_bandwidth);
+            slot.temporal.set_target(wanted);
+            if !slot.temporal.admit(packet.temporal, packet.keyframe) {
+                forwarder.skip(&meta);
+                if let (Some(d), Some(t)) = (&packet.vp8, packet.temporal) {
+                    if t.frame_start {
+                        slot.vp8.skip(packet.source, d);
+                    }
+                }
+                return WriteOutcome::Skipped;
+            }
+        }
         let mut out = match forwarder.forward(&meta) {
             Ok(out) => {
                 if slot.track != Some(packet.track) {

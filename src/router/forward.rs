@@ -6,6 +6,7 @@
 //! switches, and makes a video subscriber start (and switch) on a keyframe.
 //! Pure logic: input in, decision out, time passed in.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// What the forwarder needs to know about one incoming packet.
@@ -36,7 +37,8 @@ pub enum Drop {
     /// Video from a new source before its first keyframe.
     AwaitingKeyframe,
     /// A late packet from before the current source started (reordered or
-    /// retransmitted across a switch): forwarding it would go backwards.
+    /// retransmitted across a switch): forwarding it would go backwards. Also one
+    /// so late that the packets skipped since are no longer remembered.
     BeforeSwitch,
     /// The packet was written already (a keyframe cache replayed to a viewer that
     /// had just started on the same keyframe live, or a publisher's duplicate).
@@ -58,6 +60,13 @@ pub struct Forwarder {
     last: Option<LastOut>,
     /// Bit `i`: sequence number `last.seq - i` was written.
     sent: u128,
+    /// The highest incoming sequence number of the current source, forwarded or
+    /// skipped.
+    highest_in: Option<u64>,
+    /// Incoming sequence numbers of the current source skipped (dropped temporal
+    /// layers) at the top, oldest first, the last [`SENT_WINDOW`] of them: the
+    /// outgoing numbering closes over them.
+    skipped: VecDeque<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +94,8 @@ impl Forwarder {
             current: None,
             last: None,
             sent: 0,
+            highest_in: None,
+            skipped: VecDeque::new(),
         }
     }
 
@@ -120,8 +131,23 @@ impl Forwarder {
         if packet.seq < source.first_seq {
             return Err(Drop::BeforeSwitch);
         }
+        // A late packet goes where it would have gone: before the packets skipped
+        // after it moved the numbering down.
+        let skipped_after = self
+            .skipped
+            .iter()
+            .rev()
+            .take_while(|s| **s > packet.seq)
+            .count();
+        if skipped_after == self.skipped.len() && self.skipped.len() == SENT_WINDOW as usize {
+            return Err(Drop::BeforeSwitch);
+        }
+        self.highest_in = self.highest_in.max(Some(packet.seq));
         let out = Rewritten {
-            seq: packet.seq.wrapping_add(source.seq_offset),
+            seq: packet
+                .seq
+                .wrapping_add(source.seq_offset)
+                .wrapping_add(skipped_after as u64),
             timestamp: packet.timestamp.wrapping_add(source.ts_offset),
         };
         match self.last {
@@ -152,7 +178,27 @@ impl Forwarder {
         Ok(out)
     }
 
-    fn start_source(&self, packet: &PacketMeta) -> Source {
+    /// `packet` of the current source is not forwarded (its temporal layer is
+    /// dropped): the packets after it are numbered as if it never was, so the
+    /// viewer sees no gap. A late one (below the highest seen) changes nothing.
+    pub fn skip(&mut self, packet: &PacketMeta) {
+        let Some(source) = self.current.as_mut().filter(|s| s.id == packet.source) else {
+            return;
+        };
+        if packet.seq < source.first_seq || self.highest_in.is_some_and(|h| packet.seq <= h) {
+            return;
+        }
+        self.highest_in = Some(packet.seq);
+        source.seq_offset = source.seq_offset.wrapping_sub(1);
+        if self.skipped.len() == SENT_WINDOW as usize {
+            self.skipped.pop_front();
+        }
+        self.skipped.push_back(packet.seq);
+    }
+
+    fn start_source(&mut self, packet: &PacketMeta) -> Source {
+        self.highest_in = None;
+        self.skipped.clear();
         let (first_out_seq, first_out_ts) = match self.last {
             Some(last) => {
                 // Continue right after the last packet sent, and advance the
@@ -311,6 +357,64 @@ mod tests {
         assert_eq!(f.forward(&meta(1, 999, 0, false, t0)).unwrap().seq, 999);
         // Beyond the window a late packet is not judged.
         assert!(f.forward(&meta(1, 102, 0, false, t0)).is_ok());
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap_and_late_ones_land_where_they_belong() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000);
+        assert_eq!(f.forward(&meta(1, 100, 0, true, t0)).unwrap().seq, 100);
+        // 101 is late; 102 and 103 are skipped; 104 follows 100's numbering.
+        f.skip(&meta(1, 102, 0, false, t0));
+        f.skip(&meta(1, 103, 0, false, t0));
+        assert_eq!(f.forward(&meta(1, 104, 0, false, t0)).unwrap().seq, 102);
+        assert_eq!(f.forward(&meta(1, 101, 0, false, t0)).unwrap().seq, 101);
+        assert_eq!(f.forward(&meta(1, 105, 0, false, t0)).unwrap().seq, 103);
+        // Skipping again what was seen changes nothing.
+        f.skip(&meta(1, 103, 0, false, t0));
+        assert_eq!(f.forward(&meta(1, 106, 0, false, t0)).unwrap().seq, 104);
+        // A switch continues from the last written, skips forgotten.
+        f.clear_source();
+        assert_eq!(f.forward(&meta(2, 9, 0, true, t0)).unwrap().seq, 105);
+    }
+
+    /// Any pattern of skipped and forwarded packets, some forwarded late: each
+    /// forwarded packet gets the number it would have had if the skipped ones had
+    /// never existed, so the viewer sees consecutive numbers with no gap.
+    #[test]
+    fn any_pattern_of_skips_numbers_the_forwarded_consecutively() {
+        let t0 = Instant::now();
+        let mut next = crate::router::test_random(0x7f4a_7c15);
+        // 0: skipped, 1: forwarded in order, 2: held back and forwarded late.
+        let fate: Vec<u32> = (0..20_000).map(|_| next() % 6 / 2).collect();
+        let first = 1_000u64;
+        let mut expected = Vec::with_capacity(fate.len());
+        let mut numbered = first;
+        for f in &fate {
+            if *f != 0 {
+                numbered += 1;
+            }
+            expected.push(numbered);
+        }
+        let mut f = Forwarder::new(true, 90_000);
+        f.forward(&meta(1, first, 0, true, t0)).unwrap();
+        let mut held_back = Vec::new();
+        for (i, fate) in fate.iter().enumerate() {
+            let seq = first + 1 + i as u64;
+            match fate {
+                0 => f.skip(&meta(1, seq, 0, false, t0)),
+                2 => held_back.push(i),
+                _ => {
+                    let out = f.forward(&meta(1, seq, 0, false, t0)).unwrap().seq;
+                    assert_eq!(out, expected[i], "seq {seq}");
+                    for late in held_back.drain(..) {
+                        let late_seq = first + 1 + late as u64;
+                        let out = f.forward(&meta(1, late_seq, 0, false, t0)).unwrap().seq;
+                        assert_eq!(out, expected[late], "late seq {late_seq}");
+                    }
+                }
+            }
+        }
     }
 
     /// Three sources (simulcast layers, or publishers) whose numbering starts just

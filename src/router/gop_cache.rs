@@ -106,6 +106,7 @@ pub(crate) mod tests {
             marker: true,
             keyframe,
             vp8: None,
+            temporal: None,
             arrival: Instant::now(),
             wallclock: Instant::now(),
             extensions: Default::default(),

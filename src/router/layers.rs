@@ -34,6 +34,9 @@ struct SharedLayer {
     bitrate_bps: AtomicU64,
     /// Width << 32 | height from the last keyframe that stated one (0: unknown).
     resolution: AtomicU64,
+    /// The bitrate of its frames of temporal layer `t` and below (VP8 temporal
+    /// layering; 0: not measured).
+    up_to_temporal_bps: [AtomicU64; 3],
 }
 
 /// A layer's state at one moment, for events and the HTTP API.
@@ -59,6 +62,10 @@ pub struct LayerReport {
     pub sending: Option<u8>,
     pub target: Option<u8>,
     pub preference: Preference,
+    /// The highest temporal layer forwarded, when not every one is.
+    pub sending_temporal: Option<u8>,
+    /// The temporal cap the viewer asked for.
+    pub max_temporal: Option<u8>,
     pub estimate_bps: Option<u64>,
 }
 
@@ -71,6 +78,9 @@ pub struct LayerRequest {
     pub spatial_layer_id: Option<u8>,
     pub max_encoding_id: Option<String>,
     pub max_spatial_layer_id: Option<u8>,
+    /// The highest VP8 temporal layer to forward (`temporalLayerId` or
+    /// `maxTemporalLayerId`: frames of that layer and below).
+    pub max_temporal_layer_id: Option<u8>,
 }
 
 impl LayerRequest {
@@ -158,6 +168,7 @@ impl TrackLayers {
             last_packet: AtomicU64::new(0),
             bitrate_bps: AtomicU64::new(0),
             resolution: AtomicU64::new(0),
+            up_to_temporal_bps: Default::default(),
         };
         let layers: Box<[SharedLayer]> = if rids.is_empty() {
             vec![layer(None, 0)].into()
@@ -210,6 +221,36 @@ impl TrackLayers {
             let packed = (u64::from(r.width) << 32) | u64::from(r.height);
             layer.resolution.store(packed, Ordering::Relaxed);
         }
+    }
+
+    /// Layer `index`'s bitrate up to each temporal layer (see
+    /// [`TrackLayers::up_to_temporal_bps`]).
+    pub fn record_temporal(&self, index: u8, up_to_bps: [u64; 3]) {
+        if let Some(layer) = self.layers.get(usize::from(index)) {
+            for (slot, bps) in layer.up_to_temporal_bps.iter().zip(up_to_bps) {
+                slot.store(bps, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Layer `index`'s measured bitrate (0 until measured).
+    pub fn bitrate_bps(&self, index: u8) -> u64 {
+        self.layers
+            .get(usize::from(index))
+            .map_or(0, |l| l.bitrate_bps.load(Ordering::Relaxed))
+    }
+
+    /// Layer `index`'s bitrate with frames of temporal layer 0, 0-1, and 0-2
+    /// (zeros when the layer has no temporal layering).
+    pub fn up_to_temporal_bps(&self, index: u8) -> [u64; 3] {
+        self.layers
+            .get(usize::from(index))
+            .map(|l| {
+                l.up_to_temporal_bps
+                    .each_ref()
+                    .map(|b| b.load(Ordering::Relaxed))
+            })
+            .unwrap_or_default()
     }
 
     /// Whether layer `index` had a packet within [`STOPPED_AFTER`] of `now`.

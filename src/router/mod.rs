@@ -19,6 +19,7 @@ pub mod payload_type;
 pub mod probe;
 pub mod resolution;
 pub mod simulcast;
+pub mod temporal;
 pub mod vp8;
 
 use std::collections::HashMap;
@@ -57,6 +58,8 @@ pub struct MediaPacket {
     pub keyframe: bool,
     /// The VP8 payload descriptor, parsed once here for every viewer's rewrite.
     pub vp8: Option<str0m::rtp::Vp8Descriptor>,
+    /// Its VP8 temporal layer, where the publisher layers them.
+    pub temporal: Option<vp8::Temporal>,
     pub arrival: Instant,
     /// When it was captured, by the publisher's sender reports, on the server's clock
     /// (see [`clock`]): what viewers' sender reports are built from, for lip sync.

@@ -15,7 +15,18 @@ pub struct Vp8Rewriter {
     tl0_offset: u8,
     last_pid: Option<u16>,
     last_tl0: Option<u8>,
+    /// The last pictures' incoming and outgoing IDs, newest at `recent_next - 1`:
+    /// a late packet of one of them keeps its picture's ID although frames
+    /// skipped since have moved the offset.
+    recent: [(u16, u16); RECENT_PICTURES],
+    recent_len: usize,
+    recent_next: usize,
+    /// The last picture skipped (a repeat of its first packet skips nothing more).
+    last_skipped: Option<u16>,
 }
+
+/// How many pictures back a late packet finds its picture's outgoing ID.
+const RECENT_PICTURES: usize = 8;
 
 /// The outgoing values for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +41,7 @@ impl Vp8Rewriter {
     /// The patch for one packet of `source` (None when nothing needs rewriting).
     /// Must be called for every forwarded VP8 packet, in order.
     pub fn rewrite(&mut self, source: u64, descriptor: &Vp8Descriptor) -> Option<Vp8Patch> {
-        // A 7-bit picture ID stays 7-bit: the patch keeps the representation.
-        let modulus = if descriptor.patch().picture_id(0x80).build().is_ok() {
-            1 << 15
-        } else {
-            1 << 7
-        };
+        let modulus = modulus_of(descriptor);
         let out = self.map(
             source,
             descriptor.picture_id(),
@@ -76,8 +82,16 @@ impl Vp8Rewriter {
                 _ => 0,
             };
             self.source = Some(source);
+            self.recent_len = 0;
         }
-        let picture_id = pid.map(|p| ((u32::from(p) + self.pid_offset) % modulus) as u16);
+        let picture_id = pid.map(|p| match self.recent_out(p) {
+            Some(out) => out,
+            None => {
+                let out = ((u32::from(p) + self.pid_offset) % modulus) as u16;
+                self.remember(p, out);
+                out
+            }
+        });
         let tl0_pic_idx = tl0.map(|t| t.wrapping_add(self.tl0_offset));
         if picture_id.is_some() {
             self.last_pid = picture_id;
@@ -91,11 +105,178 @@ impl Vp8Rewriter {
             changed: self.pid_offset != 0 || self.tl0_offset != 0,
         }
     }
+
+    /// A picture of the current source is dropped whole (its temporal layer is
+    /// not forwarded): the pictures after it take its ID on, so the viewer's
+    /// decoder sees no missing picture. Called with the picture's first packet.
+    pub fn skip_picture(&mut self, source: u64, pid: Option<u16>, modulus: u32) {
+        let Some(pid) = pid else {
+            return;
+        };
+        if self.source != Some(source)
+            || self.recent_out(pid).is_some()
+            || self.last_skipped == Some(pid)
+        {
+            return;
+        }
+        self.last_skipped = Some(pid);
+        self.pid_offset = (self.pid_offset + modulus - 1) % modulus;
+    }
+
+    /// [`Vp8Rewriter::skip_picture`] for a packet's descriptor.
+    pub fn skip(&mut self, source: u64, descriptor: &Vp8Descriptor) {
+        self.skip_picture(source, descriptor.picture_id(), modulus_of(descriptor));
+    }
+
+    fn recent_out(&self, pid: u16) -> Option<u16> {
+        (0..self.recent_len)
+            .map(|back| {
+                self.recent[(self.recent_next + RECENT_PICTURES - 1 - back) % RECENT_PICTURES]
+            })
+            .find(|(incoming, _)| *incoming == pid)
+            .map(|(_, out)| out)
+    }
+
+    fn remember(&mut self, incoming: u16, out: u16) {
+        self.recent[self.recent_next] = (incoming, out);
+        self.recent_next = (self.recent_next + 1) % RECENT_PICTURES;
+        self.recent_len = (self.recent_len + 1).min(RECENT_PICTURES);
+    }
+}
+
+/// A 7-bit picture ID stays 7-bit: the patch keeps the representation.
+fn modulus_of(descriptor: &Vp8Descriptor) -> u32 {
+    if descriptor.patch().picture_id(0x80).build().is_ok() {
+        1 << 15
+    } else {
+        1 << 7
+    }
+}
+
+/// A VP8 packet's place in the temporal layering (RFC 7741 section 4.2: the
+/// T bit, then TID and the layer-sync bit Y). str0m's descriptor does not expose
+/// these, so they are read here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Temporal {
+    /// The temporal layer, 0 the base.
+    pub id: u8,
+    /// The frame depends only on base-layer frames (Y): a decoder that skipped
+    /// this layer's earlier frames can take it from here.
+    pub sync: bool,
+    /// The packet begins a frame (S=1, partition 0).
+    pub frame_start: bool,
+}
+
+/// Reads [`Temporal`] from a VP8 payload; `None` when the descriptor carries no
+/// TID (no temporal layering) or is cut short.
+pub fn temporal(payload: &[u8]) -> Option<Temporal> {
+    let required = *payload.first()?;
+    if required & 0x80 == 0 {
+        return None; // no extension byte: no TID
+    }
+    let extension = *payload.get(1)?;
+    let (has_picture_id, has_tl0, has_tid) = (
+        extension & 0x80 != 0,
+        extension & 0x40 != 0,
+        extension & 0x20 != 0,
+    );
+    if !has_tid {
+        return None;
+    }
+    let mut at = 2;
+    if has_picture_id {
+        at += if payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if has_tl0 {
+        at += 1;
+    }
+    let tid_byte = *payload.get(at)?;
+    Some(Temporal {
+        id: tid_byte >> 6,
+        sync: tid_byte & 0x20 != 0,
+        frame_start: required & 0x10 != 0 && required & 0x07 == 0,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_pictures_close_the_id_gap_and_late_packets_keep_their_picture_id() {
+        let mut r = Vp8Rewriter::default();
+        assert_eq!(r.map(1, Some(10), Some(1), M15).picture_id, Some(10));
+        r.skip_picture(1, Some(11), M15);
+        let out = r.map(1, Some(12), Some(1), M15);
+        assert_eq!(out.picture_id, Some(11));
+        assert!(out.changed);
+        r.skip_picture(1, Some(13), M15);
+        // A late packet of picture 10 and of 12: their pictures' IDs.
+        assert_eq!(r.map(1, Some(10), Some(1), M15).picture_id, Some(10));
+        assert_eq!(r.map(1, Some(12), Some(1), M15).picture_id, Some(11));
+        assert_eq!(r.map(1, Some(14), Some(2), M15).picture_id, Some(12));
+        // Skipping a picture already forwarded, or one already skipped, changes nothing.
+        r.skip_picture(1, Some(14), M15);
+        r.skip_picture(1, Some(13), M15);
+        assert_eq!(r.map(1, Some(15), Some(2), M15).picture_id, Some(13));
+        // Across the 15-bit wrap.
+        let mut w = Vp8Rewriter::default();
+        w.map(1, Some(0x7ffe), None, M15);
+        w.skip_picture(1, Some(0x7fff), M15);
+        assert_eq!(w.map(1, Some(0), None, M15).picture_id, Some(0x7fff));
+        assert_eq!(w.map(1, Some(1), None, M15).picture_id, Some(0));
+    }
+
+    #[test]
+    fn temporal_fields_are_read_after_the_optional_ones() {
+        // X; I L T; 15-bit picture id; TL0PICIDX; TID=2 Y=1.
+        let p = [0x90, 0xe0, 0x80, 0x01, 7, 0b1010_0000, 0x00];
+        assert_eq!(
+            temporal(&p),
+            Some(Temporal {
+                id: 2,
+                sync: true,
+                frame_start: true
+            })
+        );
+        // X; T only; TID=1 Y=0; a continuation packet (S=0).
+        assert_eq!(
+            temporal(&[0x80, 0x20, 0b0100_0000, 0x00]),
+            Some(Temporal {
+                id: 1,
+                sync: false,
+                frame_start: false
+            })
+        );
+        // 7-bit picture id, no TL0PICIDX, T and K; TID=3 (the field allows it).
+        assert_eq!(
+            temporal(&[0x90, 0xb0, 0x05, 0xc0, 0]).map(|t| t.id),
+            Some(3)
+        );
+        // No TID: no layering.
+        assert_eq!(temporal(&[0x90, 0xc0, 0x80, 0x01, 7, 0]), None);
+        assert_eq!(temporal(&[0x10, 0x00]), None);
+    }
+
+    #[test]
+    fn temporal_survives_any_short_or_odd_payload() {
+        let mut next = crate::router::test_random(0x51ed_270b);
+        for len in 0..12usize {
+            for _ in 0..2000 {
+                let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                if let Some(t) = temporal(&bytes) {
+                    assert!(t.id <= 3);
+                }
+            }
+        }
+        assert_eq!(temporal(&[]), None);
+        assert_eq!(temporal(&[0x80]), None);
+        assert_eq!(
+            temporal(&[0x80, 0xa0, 0x80]),
+            None,
+            "cut inside the picture id"
+        );
+    }
 
     const M15: u32 = 1 << 15;
 

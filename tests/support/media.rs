@@ -138,6 +138,31 @@ pub enum Vp8Descriptor {
     Minimal,
     /// With a 15-bit picture id (as browsers send): `0x90 0x80 PID PID` / `0x80 0x80 ..`.
     PictureId,
+    /// Three temporal layers as Chromium sends them (L1T3): picture id, TL0PICIDX
+    /// and TID, the TIDs of frames 0, 1, 2, 3 being 0, 2, 1, 2 and repeating; the
+    /// first frame of layers 1 and 2 after a base frame is marked layer-sync.
+    /// Keyframes are base frames.
+    Temporal,
+}
+
+/// A frame's temporal layer and layer-sync bit in the [`Vp8Descriptor::Temporal`]
+/// pattern.
+pub fn temporal_of_frame(frame: u32, keyframe: bool) -> (u8, bool) {
+    if keyframe {
+        return (0, false);
+    }
+    match frame % 4 {
+        0 => (0, false),
+        1 => (2, true),
+        2 => (1, true),
+        _ => (2, false),
+    }
+}
+
+/// The TL0PICIDX of a frame in the [`Vp8Descriptor::Temporal`] pattern (base
+/// frames counted; keyframes are base frames at their place in the pattern).
+pub fn tl0_of_frame(frame: u32) -> u8 {
+    (frame / 4) as u8
 }
 
 /// Number of RTP packets a frame is sent in.
@@ -180,6 +205,16 @@ pub fn video_frame(
                     p.push(0x80);
                     p.push(0x80 | (pid >> 8) as u8);
                     p.push((pid & 0xff) as u8);
+                }
+                Vp8Descriptor::Temporal => {
+                    let pid = picture_id & 0x7fff;
+                    let (tid, sync) = temporal_of_frame(frame, keyframe);
+                    p.push(if start { 0x90 } else { 0x80 });
+                    p.push(0xe0); // I L T
+                    p.push(0x80 | (pid >> 8) as u8);
+                    p.push((pid & 0xff) as u8);
+                    p.push(tl0_of_frame(frame));
+                    p.push((tid << 6) | if sync { 0x20 } else { 0 });
                 }
             }
             if start {
