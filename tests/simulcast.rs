@@ -257,7 +257,12 @@ async fn a_viewer_pins_caps_and_returns_to_automatic_choice_switching_on_keyfram
         // Requests that cannot be met say why.
         for (content_type, body, status) in [
             ("application/json", r#"{"encodingId":"9"}"#, 400),
-            ("application/json", r#"{"temporalLayerId":1}"#, 400),
+            ("application/json", r#"{"temporalLayerId":3}"#, 400),
+            (
+                "application/json",
+                r#"{"temporalLayerId":1,"maxTemporalLayerId":1}"#,
+                400,
+            ),
             (
                 "application/json",
                 r#"{"encodingId":"1","maxEncodingId":"2"}"#,
