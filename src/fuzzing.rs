@@ -396,6 +396,11 @@ pub fn media_payload(data: &[u8]) -> Option<crate::router::resolution::Resolutio
         _ => Codec::Av1,
     };
     let _ = crate::router::keyframe::starts_keyframe(codec, payload);
+    if codec == Codec::Vp8 {
+        // The descriptor's temporal fields, read by our own parser.
+        let temporal = crate::router::vp8::temporal(payload);
+        assert!(temporal.is_none_or(|t| t.id <= 3));
+    }
     let size = crate::router::resolution::keyframe_resolution(codec, payload);
     assert!(size.is_none_or(|s| s.width > 0 && s.height > 0));
     size
