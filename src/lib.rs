@@ -6,6 +6,7 @@
 //! it out to the room's viewers ([`router`]), each [`peer`] rewrites headers
 //! ([`router::forward`]) and writes it to its `Rtc`, whose datagrams the shard sends.
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 #[doc(hidden)]
