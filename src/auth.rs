@@ -264,7 +264,9 @@ mod tests {
             authorize(&got, "other", Grant::Publish),
             Err(Denied::Forbidden(_))
         ));
-        assert!(verifier().verify(Some(&format!("bearer  {token} "))).is_ok());
+        assert!(verifier()
+            .verify(Some(&format!("bearer  {token} ")))
+            .is_ok());
     }
 
     #[test]
@@ -351,7 +353,8 @@ mod tests {
         use openssl::nid::Nid;
         use openssl::pkey::PKey;
         use openssl::rsa::Rsa;
-        let ec = EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
+        let ec =
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
         let ec = PKey::from_ec_key(ec).unwrap();
         let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
         let c = claims("r");
@@ -364,10 +367,18 @@ mod tests {
             };
             let token = encode(&Header::new(algorithm), &c, &signing).unwrap();
             let v = Verifier::new(SECRET, &[public]).unwrap();
-            assert_eq!(v.verify(Some(&format!("Bearer {token}"))).unwrap(), c, "{algorithm:?}");
+            assert_eq!(
+                v.verify(Some(&format!("Bearer {token}"))).unwrap(),
+                c,
+                "{algorithm:?}"
+            );
             // An HS256 token made with the public key as the secret (the classic
             // confusion) does not pass.
-            let forged = mint_hs256(&String::from_utf8_lossy(&key.public_key_to_pem().unwrap()), &c).unwrap();
+            let forged = mint_hs256(
+                &String::from_utf8_lossy(&key.public_key_to_pem().unwrap()),
+                &c,
+            )
+            .unwrap();
             assert!(v.verify(Some(&format!("Bearer {forged}"))).is_err());
         }
     }

@@ -17,6 +17,21 @@ pub struct Config {
     pub media: MediaConfig,
     pub session: SessionConfig,
     pub ice: IceConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may publish and watch: bearer tokens (JWT) on WHIP and WHEP offers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Offers need a token. Off, anyone who reaches the HTTP port may publish to
+    /// and watch any room (the server says so when it starts).
+    pub enabled: bool,
+    /// The HS256 secret tokens are signed with (at least 32 bytes); empty: none.
+    pub hs256_secret: String,
+    /// PEM files of public keys tokens may be signed for: RSA (RS256) or EC P-256
+    /// (ES256).
+    pub public_key_files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -292,6 +307,11 @@ impl Config {
             "session.max_sessions_per_ip" => {
                 self.session.max_sessions_per_ip = parse(key, value, "a number of sessions")?
             }
+            "auth.enabled" => self.auth.enabled = parse(key, value, "true or false")?,
+            "auth.hs256_secret" => self.auth.hs256_secret = value.to_string(),
+            "auth.public_key_files" => {
+                self.auth.public_key_files = list(key, value, "a file path")?
+            }
             _ => return Err(ConfigError::invalid(key, "unknown key")),
         }
         Ok(())
@@ -299,7 +319,29 @@ impl Config {
 
     /// Checks what the types alone cannot: the port range against the shards, the
     /// addresses against what can be bound and announced.
+    /// The token verifier auth is configured for (`None`: auth is off), its key
+    /// files read; a key that cannot be used is an error naming the key.
+    pub fn token_verifier(&self) -> Result<Option<crate::auth::Verifier>, ConfigError> {
+        if !self.auth.enabled {
+            return Ok(None);
+        }
+        let mut pems = Vec::new();
+        for path in &self.auth.public_key_files {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    "auth.public_key_files",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            pems.push(pem);
+        }
+        crate::auth::Verifier::new(&self.auth.hs256_secret, &pems)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("auth", e.to_string()))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.token_verifier()?;
         if self.http.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "http.max_body_bytes",
@@ -429,6 +471,9 @@ const ENV_KEYS: &[&str] = &[
     "session.keyframe_request_interval",
     "session.max_sessions",
     "session.max_sessions_per_ip",
+    "auth.enabled",
+    "auth.hs256_secret",
+    "auth.public_key_files",
 ];
 
 mod duration_secs {

@@ -1,4 +1,4 @@
-//! The `switchboard` command: `serve` and `check-config`.
+//! The `switchboard` command: `serve`, `check-config` and `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,43 @@ enum Commands {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Mint a bearer token (HS256) for WHIP/WHEP when auth is on; prints it.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The room, or a prefix pattern such as `team-*`.
+    #[arg(long)]
+    room: String,
+    /// The participant's identity (links its WHIP and WHEP sessions).
+    #[arg(long)]
+    identity: String,
+    /// Its display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// It may publish (WHIP).
+    #[arg(long)]
+    publish: bool,
+    /// It may watch (WHEP).
+    #[arg(long)]
+    subscribe: bool,
+    /// It may send data channel messages.
+    #[arg(long)]
+    data: bool,
+    /// It may use the room API.
+    #[arg(long)]
+    admin: bool,
+    /// How long it is good for, e.g. 1h, 30m, 2days.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// The HS256 secret (auth.hs256_secret); else from the environment
+    /// (SWITCHBOARD_AUTH_HS256_SECRET) or --config.
+    #[arg(long, env = "SWITCHBOARD_AUTH_HS256_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// A configuration file to take auth.hs256_secret from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -62,6 +99,59 @@ fn main() -> ExitCode {
     match cli.command {
         Commands::CheckConfig { file } => check_config(&file),
         Commands::Serve(args) => serve(args),
+        Commands::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let ttl = match humantime::parse_duration(&args.ttl) {
+        Ok(ttl) => ttl,
+        Err(e) => {
+            eprintln!("--ttl {}: {e} (e.g. 1h, 30m, 2days)", args.ttl);
+            return ExitCode::FAILURE;
+        }
+    };
+    let secret = match (&args.secret, &args.config) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => match Config::from_file(path) {
+            Ok(config) => config.auth.hs256_secret,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => String::new(),
+    };
+    if secret.len() < switchboard::auth::MIN_SECRET_BYTES {
+        eprintln!(
+            "an HS256 secret of at least {} bytes is needed: --secret, SWITCHBOARD_AUTH_HS256_SECRET or auth.hs256_secret in --config",
+            switchboard::auth::MIN_SECRET_BYTES
+        );
+        return ExitCode::FAILURE;
+    }
+    if !(args.publish || args.subscribe || args.data || args.admin) {
+        eprintln!("grant something: --publish, --subscribe, --data and/or --admin");
+        return ExitCode::FAILURE;
+    }
+    let claims = switchboard::auth::Claims {
+        sub: args.identity,
+        name: args.name,
+        room: args.room,
+        publish: args.publish,
+        subscribe: args.subscribe,
+        data: args.data,
+        admin: args.admin,
+        exp: switchboard::auth::expiry_in(ttl),
+    };
+    match switchboard::auth::mint_hs256(&secret, &claims) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -43,6 +43,7 @@ impl Server {
     /// Validates `config`, binds every socket and starts serving. Call inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
+        let verifier = config.token_verifier()?.map(Arc::new);
         let provider = crate::crypto::install().ok_or(StartError::Certificate)?;
         // One certificate for the process: generating one per session costs milliseconds.
         let dtls_cert = provider
@@ -98,12 +99,19 @@ impl Server {
             metrics,
             shards: handles.clone(),
             next_shard: AtomicUsize::new(0),
+            verifier: verifier.clone(),
         });
         let (stop_http, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(http::serve(listener, state, async {
             let _ = stopped.await;
         }));
         tracing::info!(%http_addr, media = ?media_addrs, shards = shard_count, "switchboard listening on http://{http_addr}");
+        match &verifier {
+            Some(v) => tracing::info!(keys = ?v, "auth is on: offers need a bearer token"),
+            None => tracing::warn!(
+                "auth is OFF (auth.enabled = false): anyone who reaches http://{http_addr} may publish to and watch any room"
+            ),
+        }
         Ok(Server {
             http_addr,
             media_addrs,

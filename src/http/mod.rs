@@ -32,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub shards: Vec<ShardHandle>,
     pub next_shard: AtomicUsize,
+    /// Checks offers' bearer tokens (`None`: auth is off).
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl AppState {

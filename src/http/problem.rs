@@ -24,6 +24,9 @@ pub struct Problem {
     /// Close the connection after answering (the rest of the request is not read).
     #[serde(skip)]
     pub close: bool,
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
+    #[serde(skip)]
+    pub challenge: Option<&'static str>,
 }
 
 impl Problem {
@@ -35,7 +38,26 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             close: false,
+            challenge: None,
         }
+    }
+
+    /// 401 (no token, or a bad one) or 403 (a good token, not for this), with the
+    /// bearer challenge on a 401. The offer's body is not read: the connection
+    /// closes.
+    pub fn denied(denied: crate::auth::Denied) -> Self {
+        let mut problem = match denied {
+            crate::auth::Denied::Unauthenticated(why) => {
+                let mut p = Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", why);
+                p.challenge = Some("Bearer realm=\"switchboard\"");
+                p
+            }
+            crate::auth::Denied::Forbidden(why) => {
+                Self::new(StatusCode::FORBIDDEN, "Forbidden", why)
+            }
+        };
+        problem.close = true;
+        problem
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -92,6 +114,12 @@ impl IntoResponse for Problem {
         }
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(challenge) = self.challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }

@@ -156,6 +156,29 @@ impl Drop for PendingOffer<'_> {
     }
 }
 
+/// With auth on: the offer's bearer token must grant `role` in `room`. Answers
+/// the participant's identity (from the token), if any.
+fn authorize_offer(
+    state: &AppState,
+    role: Role,
+    room: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<String>, Problem> {
+    let Some(verifier) = &state.verifier else {
+        return Ok(None);
+    };
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = verifier.verify(authorization).map_err(Problem::denied)?;
+    let grant = match role {
+        Role::Publisher => crate::auth::Grant::Publish,
+        Role::Viewer => crate::auth::Grant::Subscribe,
+    };
+    crate::auth::authorize(&claims, room, grant).map_err(Problem::denied)?;
+    Ok(Some(claims.sub))
+}
+
 async fn create_session(
     role: Role,
     state: &Arc<AppState>,
@@ -164,6 +187,7 @@ async fn create_session(
     request: Request<Body>,
 ) -> Result<Response, Problem> {
     check_room_name(room)?;
+    let participant = authorize_offer(state, role, room, request.headers())?;
     require_content_type(request.headers(), "application/sdp")?;
     let text = read_body(request.into_body(), &state.config.http).await?;
     let offer = SdpOffer::from_sdp_string(&text)
@@ -286,7 +310,7 @@ async fn create_session(
         },
     );
     pending.created = true;
-    tracing::info!(session = %key, room = %room, role = role.as_str(), shard, "session created");
+    tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = participant.as_deref().unwrap_or("-"), "session created");
 
     let location = format!("/{}/{}/{}", endpoint(role), room, key);
     let mut response = (StatusCode::CREATED, answer).into_response();
