@@ -12,6 +12,7 @@ pub mod crypto;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod ids;
 pub mod metrics;
 pub mod peer;
 pub mod room;

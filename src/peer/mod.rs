@@ -9,7 +9,6 @@ pub mod offer;
 mod publisher;
 mod viewer;
 
-use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,29 +27,7 @@ pub use publisher::PublisherSide;
 use viewer::Squeeze;
 pub use viewer::{ViewerSide, WriteOutcome, AUDIO_SHARE_BPS};
 
-/// A session's identity: in the resource URL, in the shard's tables, and in logs.
-/// Random, so it is unique across nodes as well.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerKey(pub u64);
-
-impl PeerKey {
-    pub fn random() -> Self {
-        PeerKey(rand::random::<u64>() | 1)
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 16 {
-            return None;
-        }
-        u64::from_str_radix(s, 16).ok().map(PeerKey)
-    }
-}
-
-impl fmt::Display for PeerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
+pub use crate::ids::PeerKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

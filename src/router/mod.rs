@@ -29,11 +29,10 @@ use std::time::Instant;
 use str0m::format::CodecSpec;
 use str0m::media::MediaKind;
 
-use crate::peer::PeerKey;
+use crate::ids::PeerKey;
 use gop_cache::GopCache;
 
-/// A room's name, shared cheaply between the packets and tables that mention it.
-pub type RoomId = Arc<str>;
+pub use crate::ids::RoomId;
 
 /// One packet from a publisher, shared by every subscriber that receives it.
 #[derive(Debug)]
