@@ -128,6 +128,7 @@ pub fn offer_preferring(data: &[u8], role: Role, viewer_prefers: Option<Codec>) 
         PeerKey(1),
         role,
         room,
+        fuzz_participant(),
         sdp,
         text,
         settings(),
@@ -328,6 +329,13 @@ thread_local! {
     static FUZZ_PEER: std::cell::RefCell<Option<Peer>> = const { std::cell::RefCell::new(None) };
 }
 
+fn fuzz_participant() -> crate::peer::Participant {
+    crate::peer::Participant {
+        identity: "fuzz".into(),
+        name: None,
+    }
+}
+
 /// The fuzzed session: a publisher accepted from [`client_offer`], with our
 /// fixed credentials.
 fn fuzz_peer(now: Instant) -> Peer {
@@ -337,6 +345,7 @@ fn fuzz_peer(now: Instant) -> Peer {
         PeerKey(1),
         Role::Publisher,
         "fuzz".into(),
+        fuzz_participant(),
         sdp,
         offer_text,
         settings(),

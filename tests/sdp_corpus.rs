@@ -258,9 +258,21 @@ async fn every_corpus_offer_gets_a_good_answer_or_a_clear_refusal() {
         let endpoint = endpoint_for(&offer);
         let posted = post(&server, endpoint, &format!("corpus{n}"), &text).await;
         if is_data_only(&offer) {
+            // A participant with only a data channel joins with WHEP: answered there
+            // with a live SCTP m-line, and refused by WHIP (nothing to publish).
+            let joined = post(&server, "whep", &format!("corpus{n}"), &text).await;
+            assert_eq!(joined.status, 201, "{name} on whep: {}", joined.body);
+            assert!(
+                joined
+                    .body
+                    .lines()
+                    .any(|l| l.starts_with("m=application ") && !l.starts_with("m=application 0 ")),
+                "{name}: the answer has no data channel: {}",
+                joined.body
+            );
             assert_eq!(
                 posted.status, 400,
-                "{name}: a data-channel-only offer is refused"
+                "{name}: a data-channel-only offer cannot publish"
             );
             assert!(
                 posted.content_type.starts_with("application/problem+json"),

@@ -117,6 +117,10 @@ impl Subscriber {
             key,
             Role::Viewer,
             room.clone(),
+            switchboard::peer::Participant {
+                identity: key.to_string().into(),
+                name: None,
+            },
             offer,
             &offer_text,
             settings,

@@ -20,7 +20,7 @@ use super::problem::Problem;
 use super::{sdpfrag, AppState};
 use crate::config::HttpConfig;
 use crate::metrics::client_family;
-use crate::peer::{offer, AcceptError, PeerKey, Role};
+use crate::peer::{offer, AcceptError, Participant, PeerKey, Role};
 use crate::room::{CapReached, SessionCaps, SessionEntry};
 use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
@@ -156,14 +156,39 @@ impl Drop for PendingOffer<'_> {
     }
 }
 
+/// The `participant` (and `name`) query parameters of an offer, checked.
+fn participant_query(uri: &axum::http::Uri) -> Result<Option<(String, Option<String>)>, Problem> {
+    #[derive(serde::Deserialize)]
+    struct Asked {
+        participant: Option<String>,
+        name: Option<String>,
+    }
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    let asked: Asked = serde_urlencoded::from_str(query)
+        .map_err(|e| Problem::bad_request(format!("the query is not valid: {e}")))?;
+    let fits =
+        |s: &str| !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control);
+    match asked.participant {
+        None => Ok(None),
+        Some(identity) if fits(&identity) && asked.name.as_deref().is_none_or(fits) => {
+            Ok(Some((identity, asked.name)))
+        }
+        Some(_) => Err(Problem::bad_request(
+            "participant and name must be 1 to 64 characters, none of them control characters",
+        )),
+    }
+}
+
 /// With auth on: the offer's bearer token must grant `role` in `room`. Answers
-/// the participant's identity (from the token), if any.
+/// the participant's identity and name (from the token), if any.
 fn authorize_offer(
     state: &AppState,
     role: Role,
     room: &str,
     headers: &axum::http::HeaderMap,
-) -> Result<Option<String>, Problem> {
+) -> Result<Option<(String, Option<String>)>, Problem> {
     let Some(verifier) = &state.verifier else {
         return Ok(None);
     };
@@ -176,7 +201,7 @@ fn authorize_offer(
         Role::Viewer => crate::auth::Grant::Subscribe,
     };
     crate::auth::authorize(&claims, room, grant).map_err(Problem::denied)?;
-    Ok(Some(claims.sub))
+    Ok(Some((claims.sub, claims.name)))
 }
 
 async fn create_session(
@@ -187,7 +212,8 @@ async fn create_session(
     request: Request<Body>,
 ) -> Result<Response, Problem> {
     check_room_name(room)?;
-    let participant = authorize_offer(state, role, room, request.headers())?;
+    let token = authorize_offer(state, role, room, request.headers())?;
+    let asked = participant_query(request.uri())?;
     require_content_type(request.headers(), "application/sdp")?;
     let text = read_body(request.into_body(), &state.config.http).await?;
     let offer = SdpOffer::from_sdp_string(&text)
@@ -195,6 +221,22 @@ async fn create_session(
 
     let room: RoomId = room.into();
     let key = PeerKey::random();
+    // The token's identity when auth is on; else the one asked for; else the
+    // session's own.
+    let participant = match (token, asked) {
+        (Some((identity, name)), _) => Participant {
+            identity: identity.into(),
+            name: name.map(Into::into),
+        },
+        (None, Some((identity, name))) => Participant {
+            identity: identity.into(),
+            name: name.map(Into::into),
+        },
+        (None, None) => Participant {
+            identity: key.to_string().into(),
+            name: None,
+        },
+    };
     let caps = SessionCaps {
         total: state.config.session.max_sessions,
         per_client: state.config.session.max_sessions_per_ip,
@@ -263,6 +305,7 @@ async fn create_session(
         offer_text: text,
         preferred_video,
         estimate_bandwidth: simulcast,
+        participant: participant.clone(),
         reply,
     };
     if !state.shards[shard].send(Command::Accept(Box::new(request))) {
@@ -310,7 +353,7 @@ async fn create_session(
         },
     );
     pending.created = true;
-    tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = participant.as_deref().unwrap_or("-"), "session created");
+    tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = %participant.identity, "session created");
 
     let location = format!("/{}/{}/{}", endpoint(role), room, key);
     let mut response = (StatusCode::CREATED, answer).into_response();

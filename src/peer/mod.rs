@@ -5,6 +5,7 @@
 
 mod answer;
 mod credentials;
+pub mod data;
 pub mod offer;
 mod publisher;
 mod viewer;
@@ -58,6 +59,18 @@ pub enum PeerEvent {
     /// The WebRTC stack (or our code around it) panicked for this session: it
     /// must end, and the panic is counted.
     Failed(&'static str),
+    /// A data channel message for the room's other participants, in its relayed
+    /// form (see `data.rs`).
+    Data(Arc<str>),
+}
+
+/// Who a session belongs to: its WHIP and WHEP sessions share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    /// From the token (`sub`), the `participant` query parameter, or else the
+    /// session's own key.
+    pub identity: Arc<str>,
+    pub name: Option<Arc<str>>,
 }
 
 /// What waits in a viewer's replay queue.
@@ -82,6 +95,9 @@ pub struct Peer {
     pub key: PeerKey,
     pub role: Role,
     pub room: RoomId,
+    pub participant: Participant,
+    /// Its data channel, if it opened one.
+    pub data: data::DataSide,
     pub rtc: Rtc,
     pub created: Instant,
     /// When this peer last sent something authenticated: a STUN message its
@@ -143,6 +159,7 @@ impl Peer {
         key: PeerKey,
         role: Role,
         room: RoomId,
+        participant: Participant,
         offer: SdpOffer,
         offer_text: &str,
         settings: &PeerSettings,
@@ -180,6 +197,8 @@ impl Peer {
             key,
             role,
             room,
+            participant,
+            data: data::DataSide::default(),
             rtc,
             created: now,
             last_alive: now,
@@ -212,7 +231,8 @@ impl Peer {
         }
         let usable = match role {
             Role::Publisher => peer.publisher.has_media(),
-            Role::Viewer => peer.viewer.has_slots(),
+            // A participant may watch nothing and only talk on its data channel.
+            Role::Viewer => peer.viewer.has_slots() || offer::has_data_channel(&offered),
         };
         if !usable {
             return Err(AcceptError::Unusable(format!(
@@ -410,6 +430,19 @@ impl Peer {
                 tracing::trace!(peer = %self.key, estimate = estimate.as_u64(), can_probe, "bandwidth estimate");
                 self.viewer.set_estimate(estimate.as_u64());
             }
+            Event::ChannelOpen(id, label) => {
+                tracing::debug!(peer = %self.key, %label, "data channel open");
+                self.data.opened(id);
+            }
+            Event::ChannelData(d) => {
+                let now = Instant::now();
+                if self.data.received(&mut self.rtc, d.id, d.data.len(), now) {
+                    let p = &self.participant;
+                    let message = data::envelope(&p.identity, p.name.as_deref(), d.binary, &d.data);
+                    events.push(PeerEvent::Data(message.into()));
+                }
+            }
+            Event::ChannelClose(id) => self.data.channel_closed(id),
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
             _ => {}
         }

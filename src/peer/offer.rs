@@ -181,20 +181,28 @@ pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
 /// Why an offer has nothing we can take, in words a person can act on; `None` when
 /// it has something. `publishing` is true for WHIP (we need media the client sends)
 /// and false for WHEP (we need media the client receives).
+/// The offer has a data channel (an SCTP m-line not rejected).
+pub fn has_data_channel(media: &[OfferedMedia]) -> bool {
+    media.iter().any(|m| m.kind == "application" && !m.rejected)
+}
+
 pub fn nothing_usable(media: &[OfferedMedia], publishing: bool) -> Option<String> {
     if media.is_empty() {
         return Some("the offer has no m-lines".to_string());
+    }
+    if !publishing && has_data_channel(media) && !media.iter().any(|m| m.is_av() && !m.rejected) {
+        return None; // a data-only participant
     }
     let av: Vec<&OfferedMedia> = media.iter().filter(|m| m.is_av() && !m.rejected).collect();
     if av.is_empty() {
         let kinds: Vec<&str> = media.iter().map(|m| m.kind.as_str()).collect();
         return Some(format!(
-            "the offer has no audio or video m-line (it has: {}); {} needs audio and/or video",
+            "the offer has no audio or video m-line (it has: {}); {}",
             kinds.join(", "),
             if publishing {
-                "WHIP publishing"
+                "WHIP publishing needs audio and/or video (a participant with only a data channel joins with WHEP)"
             } else {
-                "WHEP playback"
+                "WHEP needs audio, video or a data channel"
             }
         ));
     }
@@ -309,6 +317,14 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na
         let why = nothing_usable(&summarize(sdp), true).unwrap();
         assert!(why.contains("no audio or video"), "{why}");
         assert!(why.contains("application"), "{why}");
+        assert!(
+            why.contains("WHEP"),
+            "says where a data-only participant joins: {why}"
+        );
+        // On WHEP it is a participant that only talks.
+        assert_eq!(nothing_usable(&summarize(sdp), false), None);
+        let rejected = "v=0\r\nm=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n";
+        assert!(nothing_usable(&summarize(rejected), false).is_some());
     }
 
     #[test]

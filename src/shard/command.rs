@@ -45,6 +45,13 @@ pub enum Command {
     },
     /// Packets from a publisher on another shard, for this shard's viewers.
     Media(Vec<Arc<MediaPacket>>),
+    /// A data channel message from `from` in `room` (relayed form), for this
+    /// shard's other participants in the room.
+    Data {
+        room: RoomId,
+        from: Arc<str>,
+        message: Arc<str>,
+    },
     /// A viewer somewhere needs a keyframe from `room`'s publisher.
     WantKeyframe {
         room: RoomId,
@@ -109,9 +116,12 @@ impl Command {
     /// What the inbox may do with it when it is full (see `handle.rs`).
     pub fn class(&self) -> CommandClass {
         match self {
-            Command::Media(_) | Command::WantKeyframe { .. } | Command::WantLayer { .. } => {
-                CommandClass::Media
-            }
+            // A data message lost to a full inbox is like one lost on the way: the
+            // sender's rate limit bounds how many there are.
+            Command::Media(_)
+            | Command::WantKeyframe { .. }
+            | Command::WantLayer { .. }
+            | Command::Data { .. } => CommandClass::Media,
             Command::Accept(_) | Command::Patch { .. } | Command::Layer { .. } => {
                 CommandClass::Request
             }
@@ -176,5 +186,6 @@ pub struct AcceptRequest {
     /// is nothing to choose, and str0m's pacing by the estimate would only slow
     /// the keyframe-cache burst a new viewer starts on.
     pub estimate_bandwidth: bool,
+    pub participant: crate::peer::Participant,
     pub reply: oneshot::Sender<Result<String, AcceptError>>,
 }

@@ -578,6 +578,11 @@ impl ShardLoop {
                     self.fan_out_local(&packet);
                 }
             }
+            Command::Data {
+                room,
+                from,
+                message,
+            } => self.deliver_data(&room, &from, &message),
             Command::WantKeyframe { room } => {
                 self.request_keyframe_here(&room, None, Instant::now())
             }
@@ -682,6 +687,7 @@ impl ShardLoop {
             offer_text,
             preferred_video,
             estimate_bandwidth,
+            participant,
             reply,
         } = request;
         let now = Instant::now();
@@ -701,6 +707,7 @@ impl ShardLoop {
                 key,
                 role,
                 room.clone(),
+                participant,
                 offer,
                 &offer_text,
                 settings,
@@ -957,6 +964,25 @@ impl ShardLoop {
                     self.ask_keyframe(key, &room, now);
                 }
             }
+            PeerEvent::Data(message) => {
+                let Some((room, from)) = self
+                    .peers
+                    .get(&key)
+                    .map(|p| (p.room.clone(), Arc::clone(&p.participant.identity)))
+                else {
+                    return;
+                };
+                self.deliver_data(&room, &from, &message);
+                for (shard, handle) in self.shards.iter().enumerate() {
+                    if shard != self.index {
+                        handle.send(Command::Data {
+                            room: room.clone(),
+                            from: Arc::clone(&from),
+                            message: Arc::clone(&message),
+                        });
+                    }
+                }
+            }
             PeerEvent::Gone(why) => {
                 self.end_peer(key, why);
             }
@@ -966,6 +992,28 @@ impl ShardLoop {
                     .with_label_values(&["session"])
                     .inc();
                 self.end_peer(key, why);
+            }
+        }
+    }
+
+    /// A data channel message to every participant of `room` on this shard but
+    /// its sender (all of the sender's sessions).
+    fn deliver_data(&mut self, room: &str, from: &str, message: &str) {
+        let Some(local) = self.router.room(room) else {
+            return;
+        };
+        let members: Vec<PeerKey> = local
+            .viewers
+            .iter()
+            .copied()
+            .chain(local.publisher)
+            .collect();
+        for key in members {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                if *peer.participant.identity != *from && peer.data.deliver(&mut peer.rtc, message)
+                {
+                    enqueue(&mut self.queue, peer);
+                }
             }
         }
     }

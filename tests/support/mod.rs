@@ -73,6 +73,8 @@ pub struct PublisherOptions {
     pub send: SendConfig,
     pub codecs: Codecs,
     pub dtls: ClientDtls,
+    /// Publish as this participant (the `participant` query parameter).
+    pub participant: Option<String>,
 }
 
 impl PublisherOptions {
@@ -82,6 +84,7 @@ impl PublisherOptions {
             send: SendConfig::new(tag),
             codecs: Codecs::Default,
             dtls: ClientDtls::default(),
+            participant: None,
         }
     }
 
@@ -128,6 +131,10 @@ pub struct ViewerOptions {
     pub unsupported_extensions: Vec<&'static str>,
     /// Reach the server through this bottleneck link.
     pub via: Option<std::sync::Arc<shaper::Shaper>>,
+    /// Open a data channel.
+    pub channel: bool,
+    /// Join as this participant (the `participant` query parameter).
+    pub participant: Option<String>,
 }
 
 impl Default for ViewerOptions {
@@ -139,6 +146,8 @@ impl Default for ViewerOptions {
             dtls: ClientDtls::default(),
             unsupported_extensions: Vec::new(),
             via: None,
+            channel: false,
+            participant: None,
         }
     }
 }
@@ -228,6 +237,16 @@ impl PendingPeer {
         dtls: ClientDtls,
         lines: &[(MediaKind, Direction)],
     ) -> Result<Self, String> {
+        Self::offer_full(codecs, dtls, lines, false)
+    }
+
+    /// [`PendingPeer::offer_with`], with a data channel (`chat`) if `channel`.
+    pub fn offer_full(
+        codecs: Codecs,
+        dtls: ClientDtls,
+        lines: &[(MediaKind, Direction)],
+        channel: bool,
+    ) -> Result<Self, String> {
         let mut rtc = peer::build_rtc_with(codecs, dtls);
         let socket = peer::bind_loopback(&mut rtc)?;
         let mut api = rtc.sdp_api();
@@ -235,6 +254,9 @@ impl PendingPeer {
             .iter()
             .map(|(kind, dir)| (api.add_media(*kind, *dir, None, None, None), *kind))
             .collect();
+        if channel {
+            api.add_channel("chat".to_string());
+        }
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| "str0m made no offer".to_string())?;
@@ -333,10 +355,14 @@ impl Publisher {
             lines.push((MediaKind::Video, Direction::SendOnly));
         }
         let name = format!("pub{}", options.send.tag);
+        let path = match &options.participant {
+            Some(p) => format!("/whip/{room}?participant={p}"),
+            None => format!("/whip/{room}"),
+        };
         let (peer, session) = negotiate(
             &name,
             http_addr,
-            &format!("/whip/{room}"),
+            &path,
             PendingPeer::offer_with(options.codecs, options.dtls, &lines)?,
             Some(options.send.clone()),
             None,
@@ -410,11 +436,15 @@ impl Viewer {
         if options.video {
             lines.push((MediaKind::Video, Direction::RecvOnly));
         }
+        let path = match &options.participant {
+            Some(p) => format!("/whep/{room}?participant={p}"),
+            None => format!("/whep/{room}"),
+        };
         let (peer, session) = negotiate(
             "viewer",
             http_addr,
-            &format!("/whep/{room}"),
-            PendingPeer::offer_with(options.codecs, options.dtls, &lines)?
+            &path,
+            PendingPeer::offer_full(options.codecs, options.dtls, &lines, options.channel)?
                 .without_extensions(&options.unsupported_extensions),
             None,
             options.via.as_deref(),

@@ -347,6 +347,8 @@ enum Command {
     PauseLayer(usize, bool, Sender<()>),
     /// Close the connection (RTCP BYE, DTLS close_notify); told once drained.
     Close(Sender<()>),
+    /// Send a text message on the data channel (once it is open).
+    SendData(String),
 }
 
 /// Everything a peer saw and did, shared with the test.
@@ -375,6 +377,12 @@ pub struct PeerState {
     pub datagrams_sent: usize,
     /// RTCP sender reports received: the m-line, when, and what the report said.
     pub sender_reports: Vec<(String, Instant, SenderInfo)>,
+    /// The data channel is open.
+    pub channel_open: bool,
+    /// The data channel was closed by the other side.
+    pub channel_closed: bool,
+    /// Text messages received on the data channel.
+    pub data_received: Vec<String>,
 }
 
 impl PeerState {
@@ -455,6 +463,7 @@ impl Peer {
                     paused_layers: Vec::new(),
                     connected: false,
                     closing: None,
+                    channel: None,
                 };
                 let result = driver.run();
                 let mut st = driver.state();
@@ -503,6 +512,16 @@ impl Peer {
     /// Error that ended the thread, if any.
     pub fn error(&self) -> Option<String> {
         self.with_state(|s| s.error.clone())
+    }
+
+    /// Sends a text message on the data channel (dropped if it is not open).
+    pub fn send_data(&self, text: &str) {
+        let _ = self.commands.send(Command::SendData(text.to_string()));
+    }
+
+    /// Text messages received on the data channel so far.
+    pub fn data_received(&self) -> Vec<String> {
+        self.with_state(|s| s.data_received.clone())
     }
 
     /// Sends a PLI (or FIR) on every receiving video m-line.
@@ -637,6 +656,8 @@ struct Driver {
     connected: bool,
     /// Told once a close has drained.
     closing: Option<Sender<()>>,
+    /// The data channel, once open.
+    channel: Option<str0m::channel::ChannelId>,
 }
 
 impl Driver {
@@ -743,6 +764,20 @@ impl Driver {
             Event::MediaAdded(m) => {
                 self.state().mids.insert(m.mid, m.kind);
             }
+            Event::ChannelOpen(id, _) => {
+                self.channel = Some(id);
+                self.state().channel_open = true;
+            }
+            Event::ChannelData(d) => {
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                self.state().data_received.push(text);
+            }
+            Event::ChannelClose(_) => {
+                self.channel = None;
+                let mut st = self.state();
+                st.channel_open = false;
+                st.channel_closed = true;
+            }
             Event::KeyframeRequest(r) => {
                 self.state()
                     .keyframe_requests
@@ -809,6 +844,11 @@ impl Driver {
                     self.paused_layers.push(layer);
                 }
                 let _ = done.send(());
+            }
+            Command::SendData(text) => {
+                if let Some(mut channel) = self.channel.and_then(|id| self.rtc.channel(id)) {
+                    let _ = channel.write(false, text.as_bytes());
+                }
             }
             Command::Close(done) => {
                 self.paused = true;
