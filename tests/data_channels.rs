@@ -1,7 +1,8 @@
 //! Data channels between the participants of a room, end to end with the in-repo
 //! client: alice publishes (WHIP) and watches with a data channel (WHEP), bob
 //! watches with one, carol joins with a data channel only. A message reaches every
-//! other participant, tagged with its sender's identity, and never its sender;
+//! other participant, tagged with its sender's identity, and never its sender
+//! (nor is its own media sent back to it);
 //! a participant past the rate limit is told why and its channel is closed.
 
 mod support;
@@ -56,6 +57,19 @@ async fn a_message_reaches_every_other_participant_with_its_sender() {
         for p in [&alice, &bob, &carol] {
             channel_open(p).await;
         }
+        // bob watches alice; alice, whose WHIP session shares her identity, is not
+        // sent her own media.
+        flow::wait_for_media(&bob, 20, 10, Duration::from_secs(6)).await;
+        assert_eq!(
+            alice.received(support::Kind::Video).len(),
+            0,
+            "alice got her own video"
+        );
+        assert_eq!(
+            alice.received(support::Kind::Audio).len(),
+            0,
+            "alice got her own audio"
+        );
 
         alice.peer.send_data("hello from alice");
         carol.peer.send_data("and from carol");

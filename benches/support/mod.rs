@@ -297,6 +297,7 @@ impl Publisher {
         }
         let packet = MediaPacket {
             room: self.room.clone(),
+            participant: Arc::from("publisher"),
             kind: MediaKind::Video,
             source: 7,
             track: 7,

@@ -416,7 +416,11 @@ impl Peer {
             Event::RtpPacket(packet) if self.role == Role::Publisher => {
                 // It decrypted: the publisher is there.
                 self.note_alive(packet.timestamp);
-                if let Some(media) = self.publisher.on_rtp(&mut self.rtc, &self.room, packet) {
+                let identity = &self.participant.identity;
+                if let Some(media) =
+                    self.publisher
+                        .on_rtp(&mut self.rtc, &self.room, identity, packet)
+                {
                     events.push(PeerEvent::Media(Arc::new(media)));
                 }
             }
@@ -477,6 +481,11 @@ impl Peer {
     /// rewrite or in str0m's `write_rtp` fails this viewer only.
     fn write_guarded(&mut self, packet: &MediaPacket, squeeze: Option<Squeeze>) -> WriteOutcome {
         if self.failed.is_some() {
+            return WriteOutcome::Skipped;
+        }
+        // A participant never receives its own media (its WHEP session shares the
+        // identity of its WHIP session).
+        if *packet.participant == *self.participant.identity {
             return WriteOutcome::Skipped;
         }
         self.guard("write", |peer| {

@@ -105,6 +105,7 @@ impl PublisherSide {
         &mut self,
         rtc: &mut Rtc,
         room: &RoomId,
+        participant: &Arc<str>,
         packet: RtpPacket,
     ) -> Option<MediaPacket> {
         if packet.payload.is_empty() {
@@ -189,6 +190,7 @@ impl PublisherSide {
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
+            participant: Arc::clone(participant),
             kind: stream.kind,
             source: stream.source,
             track: stream.track,

@@ -38,6 +38,8 @@ pub use crate::ids::RoomId;
 #[derive(Debug)]
 pub struct MediaPacket {
     pub room: RoomId,
+    /// The publishing participant's identity: its own viewing sessions skip it.
+    pub participant: Arc<str>,
     pub kind: MediaKind,
     /// The publisher stream (one SSRC) it belongs to; unique in this process.
     pub source: u64,
