@@ -28,6 +28,9 @@ pub struct SessionEntry {
     pub shard: usize,
     pub etag: String,
     pub created: Instant,
+    /// The participant it belongs to, and its display name.
+    pub participant: Arc<str>,
+    pub name: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -242,6 +245,15 @@ impl Registry {
         }
     }
 
+    /// The sessions of `room` (every room: `None`), in no particular order.
+    pub fn sessions_in(&self, room: Option<&str>) -> Vec<(PeerKey, SessionEntry)> {
+        self.sessions
+            .iter()
+            .filter(|e| room.is_none_or(|r| &*e.value().room == r))
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect()
+    }
+
     pub fn session(&self, key: PeerKey) -> Option<SessionEntry> {
         self.sessions.get(&key).map(|e| e.clone())
     }
@@ -442,6 +454,8 @@ mod tests {
             shard: 0,
             etag: "\"x\"".into(),
             created: Instant::now(),
+            participant: "p".into(),
+            name: None,
         }
     }
 

@@ -4,6 +4,7 @@
 mod events;
 mod layer;
 mod problem;
+mod rooms;
 mod sdpfrag;
 mod serve;
 mod session;
@@ -86,6 +87,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(session::delete_whep)
                 .patch(session::patch_whep)
                 .options(options),
+        )
+        .route("/rooms", get(rooms::list))
+        .route("/rooms/{room}", get(rooms::show).delete(rooms::close))
+        .route(
+            "/rooms/{room}/participants/{identity}",
+            axum::routing::delete(rooms::remove_participant),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))

@@ -350,6 +350,8 @@ async fn create_session(
             shard,
             etag: etag.clone(),
             created: Instant::now(),
+            participant: Arc::clone(&participant.identity),
+            name: participant.name.clone(),
         },
     );
     pending.created = true;

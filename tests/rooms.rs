@@ -1,0 +1,162 @@
+//! The room API against the real server: list rooms, show one room's
+//! participants, remove a participant (its sessions end), close a room; with
+//! auth on, only an `admin` token for the room may use it.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::flow::{self, start_server};
+use support::http::{self, expect_problem};
+use support::{init_logging, with_timeout, PublisherOptions, ViewerOptions};
+use switchboard::auth::{expiry_in, mint_hs256, Claims};
+use switchboard::config::Config;
+
+const TEST_LIMIT: Duration = Duration::from_secs(40);
+const SECRET: &str = "a test secret of at least 32 bytes!";
+
+async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> http::Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    http::request(reqwest::Method::GET, &http::url(addr, path), &headers, None)
+        .await
+        .expect("GET")
+}
+
+async fn delete(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> http::Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    http::request(
+        reqwest::Method::DELETE,
+        &http::url(addr, path),
+        &headers,
+        None,
+    )
+    .await
+    .expect("DELETE")
+}
+
+fn json(response: &http::Response) -> Value {
+    assert_eq!(response.status, 200, "{}", response.body);
+    serde_json::from_str(&response.body).expect("JSON")
+}
+
+fn viewer(name: &str) -> ViewerOptions {
+    ViewerOptions {
+        participant: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_listed_shown_and_their_participants_removed() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(Config::for_tests()).await;
+        let addr = server.http_addr();
+        let mut publish = PublisherOptions::new(4);
+        publish.participant = Some("alice".into());
+        let alice = flow::publish(&server, "conf", publish).await;
+        let bob = flow::view(&server, "conf", viewer("bob")).await;
+        let carol = flow::view(&server, "conf", viewer("carol")).await;
+        let other = flow::view(&server, "other", viewer("dave")).await;
+
+        let rooms = json(&get(addr, "/rooms", None).await);
+        let conf = rooms["rooms"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["room"] == "conf"))
+            .cloned()
+            .expect("conf listed");
+        assert_eq!(conf["participants"], 3, "{rooms}");
+        assert_eq!(conf["publishers"], 1, "{rooms}");
+        assert_eq!(conf["viewers"], 2, "{rooms}");
+
+        let shown = json(&get(addr, "/rooms/conf", None).await);
+        let identities: Vec<&str> = shown["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .filter_map(|p| p["identity"].as_str())
+            .collect();
+        assert_eq!(identities, ["alice", "bob", "carol"], "{shown}");
+        assert_eq!(
+            shown["publisher"]["session"].as_str().map(str::len),
+            Some(16),
+            "{shown}"
+        );
+
+        let removed = json(&delete(addr, "/rooms/conf/participants/bob", None).await);
+        assert_eq!(removed["sessionsEnded"], 1, "{removed}");
+        let shown = json(&get(addr, "/rooms/conf", None).await);
+        assert!(!shown.to_string().contains("\"bob\""), "{shown}");
+        let missing = delete(addr, "/rooms/conf/participants/bob", None).await;
+        expect_problem(&missing, 404).expect("no bob any more");
+
+        let closed = json(&delete(addr, "/rooms/conf", None).await);
+        assert_eq!(closed["sessionsEnded"], 2, "{closed}");
+        let rooms = json(&get(addr, "/rooms", None).await);
+        let names: Vec<&str> = rooms["rooms"]
+            .as_array()
+            .expect("rooms")
+            .iter()
+            .filter_map(|r| r["room"].as_str())
+            .collect();
+        assert_eq!(names, ["other"], "{rooms}");
+        expect_problem(&get(addr, "/rooms/conf", None).await, 404).expect("closed");
+        drop((alice, bob, carol, other));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+fn token(room: &str, admin: bool) -> String {
+    mint_hs256(
+        SECRET,
+        &Claims {
+            sub: "ops".into(),
+            name: None,
+            room: room.into(),
+            publish: !admin,
+            subscribe: false,
+            data: false,
+            admin,
+            exp: expiry_in(Duration::from_secs(600)),
+        },
+    )
+    .expect("mint")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_only_an_admin_token_for_the_room_may_use_it() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let mut config = Config::for_tests();
+        config.auth.enabled = true;
+        config.auth.hs256_secret = SECRET.into();
+        let server = start_server(config).await;
+        let addr = server.http_addr();
+        expect_problem(&get(addr, "/rooms", None).await, 401).expect("no token");
+        expect_problem(&get(addr, "/rooms", Some(&token("*", false))).await, 403)
+            .expect("no admin grant");
+        expect_problem(&get(addr, "/rooms/a", Some(&token("b", true))).await, 403)
+            .expect("admin of another room");
+        expect_problem(
+            &delete(addr, "/rooms/a", Some(&token("b", true))).await,
+            403,
+        )
+        .expect("closing another room");
+        let listed = json(&get(addr, "/rooms", Some(&token("a", true))).await);
+        assert_eq!(listed["rooms"], serde_json::json!([]), "{listed}");
+        expect_problem(&get(addr, "/rooms/a", Some(&token("a", true))).await, 404)
+            .expect("an admin of an empty room gets 404");
+        server.shutdown().await;
+    })
+    .await;
+}
