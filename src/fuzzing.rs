@@ -333,6 +333,7 @@ fn fuzz_participant() -> crate::peer::Participant {
     crate::peer::Participant {
         identity: "fuzz".into(),
         name: None,
+        may_send_data: true,
     }
 }
 

@@ -134,3 +134,75 @@ async fn a_message_reaches_every_other_participant_with_its_sender() {
     })
     .await;
 }
+
+/// With auth on, a participant's identity is its token's, and only a token that
+/// grants `data` may send: another one is told why and its channel closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_sending_needs_the_data_grant() {
+    use switchboard::auth::{expiry_in, mint_hs256, Claims};
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        const SECRET: &str = "a test secret of at least 32 bytes!";
+        let mut config = Config::for_tests();
+        config.auth.enabled = true;
+        config.auth.hs256_secret = SECRET.into();
+        let server = start_server(config).await;
+        let token = |sub: &str, data: bool| {
+            mint_hs256(
+                SECRET,
+                &Claims {
+                    sub: sub.into(),
+                    name: Some(sub.to_uppercase()),
+                    room: "chat".into(),
+                    publish: false,
+                    subscribe: true,
+                    data,
+                    admin: false,
+                    exp: expiry_in(Duration::from_secs(600)),
+                },
+            )
+            .expect("mint")
+        };
+        let join = |sub: &str, data: bool| ViewerOptions {
+            audio: false,
+            video: false,
+            channel: true,
+            // Asking for another identity changes nothing: the token's counts.
+            participant: Some("someone-else".into()),
+            token: Some(token(sub, data)),
+            ..Default::default()
+        };
+        let talker = flow::view(&server, "chat", join("erin", true)).await;
+        let listener = flow::view(&server, "chat", join("frank", false)).await;
+        channel_open(&talker).await;
+        channel_open(&listener).await;
+        talker.peer.send_data("from erin");
+        wait_until("frank hears erin", Duration::from_secs(5), || {
+            !listener.peer.data_received().is_empty()
+        })
+        .await
+        .expect("relayed");
+        let heard = messages(&listener);
+        assert_eq!(heard[0]["from"], "erin", "{heard:?}");
+        assert_eq!(heard[0]["name"], "ERIN", "{heard:?}");
+
+        listener.peer.send_data("from frank");
+        wait_until("frank's channel closed", Duration::from_secs(5), || {
+            listener.peer.with_state(|s| s.channel_closed)
+        })
+        .await
+        .expect("closed: no data grant");
+        assert!(
+            messages(&listener)
+                .iter()
+                .any(|m| m["error"].as_str().is_some_and(|e| e.contains("data"))),
+            "{:?}",
+            messages(&listener)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(messages(&talker).is_empty(), "{:?}", messages(&talker));
+        drop((talker, listener));
+        server.shutdown().await;
+    })
+    .await;
+}

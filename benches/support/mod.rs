@@ -120,6 +120,7 @@ impl Subscriber {
             switchboard::peer::Participant {
                 identity: key.to_string().into(),
                 name: None,
+                may_send_data: true,
             },
             offer,
             &offer_text,

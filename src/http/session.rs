@@ -182,13 +182,13 @@ fn participant_query(uri: &axum::http::Uri) -> Result<Option<(String, Option<Str
 }
 
 /// With auth on: the offer's bearer token must grant `role` in `room`. Answers
-/// the participant's identity and name (from the token), if any.
+/// the token's claims, if auth is on.
 fn authorize_offer(
     state: &AppState,
     role: Role,
     room: &str,
     headers: &axum::http::HeaderMap,
-) -> Result<Option<(String, Option<String>)>, Problem> {
+) -> Result<Option<crate::auth::Claims>, Problem> {
     let Some(verifier) = &state.verifier else {
         return Ok(None);
     };
@@ -201,7 +201,7 @@ fn authorize_offer(
         Role::Viewer => crate::auth::Grant::Subscribe,
     };
     crate::auth::authorize(&claims, room, grant).map_err(Problem::denied)?;
-    Ok(Some((claims.sub, claims.name)))
+    Ok(Some(claims))
 }
 
 async fn create_session(
@@ -224,17 +224,20 @@ async fn create_session(
     // The token's identity when auth is on; else the one asked for; else the
     // session's own.
     let participant = match (token, asked) {
-        (Some((identity, name)), _) => Participant {
-            identity: identity.into(),
-            name: name.map(Into::into),
+        (Some(claims), _) => Participant {
+            identity: claims.sub.into(),
+            name: claims.name.map(Into::into),
+            may_send_data: claims.data,
         },
         (None, Some((identity, name))) => Participant {
             identity: identity.into(),
             name: name.map(Into::into),
+            may_send_data: true,
         },
         (None, None) => Participant {
             identity: key.to_string().into(),
             name: None,
+            may_send_data: true,
         },
     };
     let caps = SessionCaps {

@@ -119,15 +119,22 @@ impl DataSide {
         match self.limit.take(len, now) {
             Ok(()) => true,
             Err(refused) => {
-                let reason = refused.reason();
-                tracing::info!(reason = %reason, "data channel closed");
-                self.deliver(rtc, &serde_json::json!({ "error": reason }).to_string());
-                rtc.direct_api().close_data_channel(id);
-                self.channel = None;
-                self.closed = true;
+                self.refuse(rtc, id, &refused.reason());
                 false
             }
         }
+    }
+
+    /// Tells the client why its messages are refused, and closes the channel.
+    pub fn refuse(&mut self, rtc: &mut Rtc, id: ChannelId, reason: &str) {
+        if self.closed || self.channel != Some(id) {
+            return;
+        }
+        tracing::info!(reason = %reason, "data channel closed");
+        self.deliver(rtc, &serde_json::json!({ "error": reason }).to_string());
+        rtc.direct_api().close_data_channel(id);
+        self.channel = None;
+        self.closed = true;
     }
 
     /// Sends a relayed message to the client, if its channel is open (and has

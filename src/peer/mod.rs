@@ -71,6 +71,8 @@ pub struct Participant {
     /// session's own key.
     pub identity: Arc<str>,
     pub name: Option<Arc<str>>,
+    /// It may send data channel messages (its token grants `data`, or auth is off).
+    pub may_send_data: bool,
 }
 
 /// What waits in a viewer's replay queue.
@@ -440,7 +442,10 @@ impl Peer {
             }
             Event::ChannelData(d) => {
                 let now = Instant::now();
-                if self.data.received(&mut self.rtc, d.id, d.data.len(), now) {
+                if !self.participant.may_send_data {
+                    self.data
+                        .refuse(&mut self.rtc, d.id, "the token does not grant `data`");
+                } else if self.data.received(&mut self.rtc, d.id, d.data.len(), now) {
                     let p = &self.participant;
                     let message = data::envelope(&p.identity, p.name.as_deref(), d.binary, &d.data);
                     events.push(PeerEvent::Data(message.into()));

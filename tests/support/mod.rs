@@ -75,6 +75,8 @@ pub struct PublisherOptions {
     pub dtls: ClientDtls,
     /// Publish as this participant (the `participant` query parameter).
     pub participant: Option<String>,
+    /// A bearer token for the offer.
+    pub token: Option<String>,
 }
 
 impl PublisherOptions {
@@ -85,6 +87,7 @@ impl PublisherOptions {
             codecs: Codecs::Default,
             dtls: ClientDtls::default(),
             participant: None,
+            token: None,
         }
     }
 
@@ -135,6 +138,8 @@ pub struct ViewerOptions {
     pub channel: bool,
     /// Join as this participant (the `participant` query parameter).
     pub participant: Option<String>,
+    /// A bearer token for the offer.
+    pub token: Option<String>,
 }
 
 impl Default for ViewerOptions {
@@ -148,6 +153,7 @@ impl Default for ViewerOptions {
             via: None,
             channel: false,
             participant: None,
+            token: None,
         }
     }
 }
@@ -308,6 +314,7 @@ async fn negotiate(
     pending: PendingPeer,
     send: Option<SendConfig>,
     via: Option<&shaper::Shaper>,
+    token: Option<&str>,
 ) -> Result<(Peer, Session), String> {
     // Behind a relay the offer goes without candidates: the server learns only the
     // relay's address (from the checks through it) and cannot reach around it.
@@ -315,7 +322,18 @@ async fn negotiate(
         Some(_) => shaper::without_candidates(&pending.offer),
         None => pending.offer.clone(),
     };
-    let resp = http::post(http_addr, path, "application/sdp", offer.clone()).await?;
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/sdp")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    let resp = http::request(
+        reqwest::Method::POST,
+        &http::url(http_addr, path),
+        &headers,
+        Some(offer.clone().into_bytes()),
+    )
+    .await?;
     if resp.status != 201 {
         return Err(format!(
             "POST {path}: status {} (expected 201), body {:?}",
@@ -366,6 +384,7 @@ impl Publisher {
             PendingPeer::offer_with(options.codecs, options.dtls, &lines)?,
             Some(options.send.clone()),
             None,
+            options.token.as_deref(),
         )
         .await?;
         Ok(Publisher {
@@ -448,6 +467,7 @@ impl Viewer {
                 .without_extensions(&options.unsupported_extensions),
             None,
             options.via.as_deref(),
+            options.token.as_deref(),
         )
         .await?;
         Ok(Viewer {
