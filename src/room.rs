@@ -44,6 +44,9 @@ pub struct RoomEntry {
     pub viewers: usize,
     /// Whether the publisher is connected (what the `live` channels carry).
     pub live: bool,
+    /// The participants with a session here: identity, display name, and how
+    /// many sessions it has (a participant leaves with its last one).
+    pub participants: std::collections::BTreeMap<Arc<str>, (Option<Arc<str>>, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -123,8 +126,15 @@ impl Registry {
     }
 
     pub fn add_session(&self, key: PeerKey, entry: SessionEntry) {
-        if entry.role == Role::Viewer {
-            self.rooms.entry(entry.room.clone()).or_default().viewers += 1;
+        {
+            let mut room = self.rooms.entry(entry.room.clone()).or_default();
+            if entry.role == Role::Viewer {
+                room.viewers += 1;
+            }
+            room.participants
+                .entry(Arc::clone(&entry.participant))
+                .or_insert((entry.name.clone(), 0))
+                .1 += 1;
         }
         self.sessions.insert(key, entry);
     }
@@ -147,7 +157,15 @@ impl Registry {
                 Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),
                 _ => {}
             }
-            if r.publisher.is_none() && r.viewers == 0 {
+            if let Some(gone) = &removed {
+                if let Some((_, sessions)) = r.participants.get_mut(&gone.participant) {
+                    *sessions = sessions.saturating_sub(1);
+                    if *sessions == 0 {
+                        r.participants.remove(&gone.participant);
+                    }
+                }
+            }
+            if r.publisher.is_none() && r.viewers == 0 && r.participants.is_empty() {
                 entry.remove();
             }
         }

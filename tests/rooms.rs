@@ -43,6 +43,21 @@ async fn delete(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> 
     .expect("DELETE")
 }
 
+/// Reads the event stream into `seen` until `done(seen)` (panics after 5 s).
+async fn read_events(
+    events: &mut reqwest::Response,
+    seen: &mut String,
+    done: impl Fn(&str) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done(seen) {
+        match tokio::time::timeout_at(deadline, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => panic!("the events did not come: {seen}"),
+        }
+    }
+}
+
 fn json(response: &http::Response) -> Value {
     assert_eq!(response.status, 200, "{}", response.body);
     serde_json::from_str(&response.body).expect("JSON")
@@ -92,10 +107,35 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
             "{shown}"
         );
 
+        // carol's event stream names the others, and says when one leaves.
+        let mut events = reqwest::get(http::url(
+            addr,
+            &format!("{}/events", carol.session.location),
+        ))
+        .await
+        .expect("events");
+        let mut seen = String::new();
+        let joined = |seen: &str| {
+            ["alice", "bob"].iter().all(|p| {
+                seen.contains(&format!(
+                    "event: participant-joined\ndata: {{\"identity\":\"{p}\""
+                ))
+            })
+        };
+        read_events(&mut events, &mut seen, joined).await;
+        assert!(
+            !seen.contains("\"identity\":\"carol\""),
+            "carol is told about herself: {seen}"
+        );
+
         let removed = json(&delete(addr, "/rooms/conf/participants/bob", None).await);
         assert_eq!(removed["sessionsEnded"], 1, "{removed}");
         let shown = json(&get(addr, "/rooms/conf", None).await);
         assert!(!shown.to_string().contains("\"bob\""), "{shown}");
+        read_events(&mut events, &mut seen, |seen| {
+            seen.contains("event: participant-left\ndata: {\"identity\":\"bob\"}")
+        })
+        .await;
         let missing = delete(addr, "/rooms/conf/participants/bob", None).await;
         expect_problem(&missing, 404).expect("no bob any more");
 

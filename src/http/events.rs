@@ -3,9 +3,12 @@
 //! so a player can show "waiting for the stream" instead of a frozen picture;
 //! `viewercount` when the room's number of viewers changes; `layers` when the
 //! simulcast layers of the viewer's track, or the one it is sent, change (the
-//! same JSON as the layer extension's `GET`, without the estimate).
+//! same JSON as the layer extension's `GET`, without the estimate);
+//! `participant-joined` (`{"identity", "name"}`) and `participant-left`
+//! (`{"identity"}`) as the room's other participants come and go (those present
+//! when the stream opens are announced first).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +70,8 @@ struct Watch {
     pending: VecDeque<Event>,
     last_layers: Option<Value>,
     last_count: Option<usize>,
+    /// The other participants in the room, as last told.
+    participants: BTreeMap<Arc<str>, Option<Arc<str>>>,
     first: bool,
 }
 
@@ -87,6 +92,7 @@ fn events(
         pending: VecDeque::new(),
         last_layers: None,
         last_count: None,
+        participants: BTreeMap::new(),
         first: true,
     };
     stream::unfold(watch, |mut w| async move {
@@ -121,9 +127,41 @@ fn live_event(active: bool) -> Event {
 }
 
 impl Watch {
-    /// Queues `viewercount` and `layers` events for what changed.
+    /// Queues `participant-joined`/`participant-left`, `viewercount` and `layers`
+    /// events for what changed.
     async fn poll(&mut self) {
-        let count = self.state.registry.room(&self.room).map(|r| r.viewers);
+        let room = self.state.registry.room(&self.room);
+        let own = self.state.registry.session(self.key).map(|e| e.participant);
+        let now: BTreeMap<Arc<str>, Option<Arc<str>>> = room
+            .as_ref()
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter(|(identity, _)| own.as_ref() != Some(*identity))
+                    .map(|(identity, (name, _))| (Arc::clone(identity), name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (identity, name) in &now {
+            if !self.participants.contains_key(identity) {
+                self.pending.push_back(
+                    Event::default().event("participant-joined").data(
+                        json!({ "identity": &**identity, "name": name.as_deref() }).to_string(),
+                    ),
+                );
+            }
+        }
+        for identity in self.participants.keys() {
+            if !now.contains_key(identity) {
+                self.pending.push_back(
+                    Event::default()
+                        .event("participant-left")
+                        .data(json!({ "identity": &**identity }).to_string()),
+                );
+            }
+        }
+        self.participants = now;
+        let count = room.map(|r| r.viewers);
         if let Some(count) = count.filter(|c| Some(*c) != self.last_count) {
             self.last_count = Some(count);
             self.pending.push_back(
