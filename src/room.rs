@@ -125,7 +125,13 @@ impl Registry {
         }
     }
 
-    pub fn add_session(&self, key: PeerKey, entry: SessionEntry) {
+    /// Registers a session the shard has accepted. False (nothing registered) if
+    /// the shard already ended it: between its answer and this call it may have
+    /// (a panic, a failed start), and its removal then found nothing to remove.
+    pub fn add_session(&self, key: PeerKey, entry: SessionEntry) -> bool {
+        if lock(&self.ended).contains(key) {
+            return false;
+        }
         {
             let mut room = self.rooms.entry(entry.room.clone()).or_default();
             if entry.role == Role::Viewer {
@@ -137,6 +143,7 @@ impl Registry {
                 .1 += 1;
         }
         self.sessions.insert(key, entry);
+        true
     }
 
     /// Forgets a session, frees the publisher seat and the session slot it held.
@@ -433,6 +440,10 @@ impl EndedSessions {
     }
 
     /// True (once) if `key` was remembered, in `room`, with `role`, and is recent.
+    pub fn contains(&self, key: PeerKey) -> bool {
+        self.by_key.contains_key(&key)
+    }
+
     pub fn take(&mut self, key: PeerKey, room: &str, role: Role, now: Instant) -> bool {
         match self.by_key.remove(&key) {
             Some((r, kind, at)) => {

@@ -169,6 +169,61 @@ async fn offers_need_a_token_that_grants_them() {
     .await;
 }
 
+/// A token that grants only `data` joins with a data channel alone; a token whose
+/// identity has control characters is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_only_token_joins_with_a_data_channel_alone() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = flow::start_server(config()).await;
+        let mint = |sub: &str| {
+            mint_hs256(
+                SECRET,
+                &Claims {
+                    sub: sub.into(),
+                    name: None,
+                    room: "chat".into(),
+                    publish: false,
+                    subscribe: false,
+                    data: true,
+                    admin: false,
+                    exp: expiry_in(Duration::from_secs(600)),
+                },
+            )
+            .expect("mint")
+        };
+        let data_only = || {
+            let mut rtc = support::peer::build_rtc(support::Codecs::Default);
+            support::offer_sdp(&mut rtc, &[], true)
+        };
+        let bearer = format!("Bearer {}", mint("gina"));
+        let joined = offer(&server, "/whep/chat", data_only(), Some(&bearer)).await;
+        assert_eq!(joined.status, 201, "{}", joined.body);
+        let watching = offer(
+            &server,
+            "/whep/chat",
+            support::viewer_offer(),
+            Some(&bearer),
+        )
+        .await;
+        let problem = expect_problem(&watching, 403).expect("no subscribe grant");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("data channel only")),
+            "{problem}"
+        );
+        let odd = format!("Bearer {}", mint("gina\nadmin"));
+        expect_problem(
+            &offer(&server, "/whep/chat", data_only(), Some(&odd)).await,
+            401,
+        )
+        .expect("a control character in sub");
+        server.shutdown().await;
+    })
+    .await;
+}
+
 /// Auth is off only when configured so, and a server with auth on refuses to
 /// start without a usable key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The room API against the real server: list rooms, show one room's
-//! participants, remove a participant (its sessions end), close a room; with
-//! auth on, only an `admin` token for the room may use it.
+//! participants, remove a participant (its sessions end), close a room. With auth
+//! on, only an `admin` token for the room may use it; with auth off, rooms can be
+//! looked at but nothing removed.
 
 mod support;
 
@@ -63,27 +64,74 @@ fn json(response: &http::Response) -> Value {
     serde_json::from_str(&response.body).expect("JSON")
 }
 
-fn viewer(name: &str) -> ViewerOptions {
-    ViewerOptions {
-        participant: Some(name.into()),
-        ..Default::default()
-    }
+fn participant_token(sub: &str, publish: bool) -> String {
+    mint_hs256(
+        SECRET,
+        &Claims {
+            sub: sub.into(),
+            name: None,
+            room: "conf".into(),
+            publish,
+            subscribe: !publish,
+            data: true,
+            admin: false,
+            exp: expiry_in(Duration::from_secs(600)),
+        },
+    )
+    .expect("mint")
 }
 
+fn auth_on() -> Config {
+    let mut config = Config::for_tests();
+    config.auth.enabled = true;
+    config.auth.hs256_secret = SECRET.into();
+    config
+}
+
+/// With auth on and an admin token: rooms are listed, a room's participants are
+/// shown (never their session keys), a participant is removed (the others' event
+/// streams say it left), and a room is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_are_listed_shown_and_their_participants_removed() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = start_server(Config::for_tests()).await;
+        let server = start_server(auth_on()).await;
         let addr = server.http_addr();
+        let admin = token("*", true);
         let mut publish = PublisherOptions::new(4);
-        publish.participant = Some("alice".into());
+        publish.token = Some(participant_token("alice", true));
         let alice = flow::publish(&server, "conf", publish).await;
-        let bob = flow::view(&server, "conf", viewer("bob")).await;
-        let carol = flow::view(&server, "conf", viewer("carol")).await;
-        let other = flow::view(&server, "other", viewer("dave")).await;
+        let join = |sub: &str| ViewerOptions {
+            token: Some(participant_token(sub, false)),
+            ..Default::default()
+        };
+        let bob = flow::view(&server, "conf", join("bob")).await;
+        let carol = flow::view(&server, "conf", join("carol")).await;
+        let other_token = mint_hs256(
+            SECRET,
+            &Claims {
+                sub: "dave".into(),
+                name: None,
+                room: "other".into(),
+                publish: false,
+                subscribe: true,
+                data: false,
+                admin: false,
+                exp: expiry_in(Duration::from_secs(600)),
+            },
+        )
+        .expect("mint");
+        let other = flow::view(
+            &server,
+            "other",
+            ViewerOptions {
+                token: Some(other_token),
+                ..Default::default()
+            },
+        )
+        .await;
 
-        let rooms = json(&get(addr, "/rooms", None).await);
+        let rooms = json(&get(addr, "/rooms", Some(&admin)).await);
         let conf = rooms["rooms"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["room"] == "conf"))
@@ -92,8 +140,11 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
         assert_eq!(conf["participants"], 3, "{rooms}");
         assert_eq!(conf["publishers"], 1, "{rooms}");
         assert_eq!(conf["viewers"], 2, "{rooms}");
+        // An admin of one room sees only that room.
+        let only = json(&get(addr, "/rooms", Some(&token("other", true))).await);
+        assert_eq!(only["rooms"].as_array().map(Vec::len), Some(1), "{only}");
 
-        let shown = json(&get(addr, "/rooms/conf", None).await);
+        let shown = json(&get(addr, "/rooms/conf", Some(&admin)).await);
         let identities: Vec<&str> = shown["participants"]
             .as_array()
             .expect("participants")
@@ -101,11 +152,19 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
             .filter_map(|p| p["identity"].as_str())
             .collect();
         assert_eq!(identities, ["alice", "bob", "carol"], "{shown}");
-        assert_eq!(
-            shown["publisher"]["session"].as_str().map(str::len),
-            Some(16),
-            "{shown}"
-        );
+        assert_eq!(shown["publisher"]["identity"], "alice", "{shown}");
+        for viewer in [&bob, &carol] {
+            let key = viewer
+                .session
+                .location
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            assert!(
+                !shown.to_string().contains(key),
+                "a session key is shown: {shown}"
+            );
+        }
 
         // carol's event stream names the others, and says when one leaves.
         let mut events = reqwest::get(http::url(
@@ -128,20 +187,20 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
             "carol is told about herself: {seen}"
         );
 
-        let removed = json(&delete(addr, "/rooms/conf/participants/bob", None).await);
+        let removed = json(&delete(addr, "/rooms/conf/participants/bob", Some(&admin)).await);
         assert_eq!(removed["sessionsEnded"], 1, "{removed}");
-        let shown = json(&get(addr, "/rooms/conf", None).await);
+        let shown = json(&get(addr, "/rooms/conf", Some(&admin)).await);
         assert!(!shown.to_string().contains("\"bob\""), "{shown}");
         read_events(&mut events, &mut seen, |seen| {
             seen.contains("event: participant-left\ndata: {\"identity\":\"bob\"}")
         })
         .await;
-        let missing = delete(addr, "/rooms/conf/participants/bob", None).await;
+        let missing = delete(addr, "/rooms/conf/participants/bob", Some(&admin)).await;
         expect_problem(&missing, 404).expect("no bob any more");
 
-        let closed = json(&delete(addr, "/rooms/conf", None).await);
+        let closed = json(&delete(addr, "/rooms/conf", Some(&admin)).await);
         assert_eq!(closed["sessionsEnded"], 2, "{closed}");
-        let rooms = json(&get(addr, "/rooms", None).await);
+        let rooms = json(&get(addr, "/rooms", Some(&admin)).await);
         let names: Vec<&str> = rooms["rooms"]
             .as_array()
             .expect("rooms")
@@ -149,8 +208,42 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
             .filter_map(|r| r["room"].as_str())
             .collect();
         assert_eq!(names, ["other"], "{rooms}");
-        expect_problem(&get(addr, "/rooms/conf", None).await, 404).expect("closed");
+        expect_problem(&get(addr, "/rooms/conf", Some(&admin)).await, 404).expect("closed");
         drop((alice, bob, carol, other));
+        server.shutdown().await;
+    })
+    .await;
+}
+
+/// With auth off, anyone may look (as anyone may publish), but nobody can remove
+/// anyone: that needs auth and an admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_off_rooms_can_be_looked_at_but_nothing_removed() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(Config::for_tests()).await;
+        let addr = server.http_addr();
+        let viewer = flow::view(
+            &server,
+            "open",
+            ViewerOptions {
+                participant: Some("erin".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        let rooms = json(&get(addr, "/rooms", None).await);
+        assert_eq!(rooms["rooms"][0]["room"], "open", "{rooms}");
+        let shown = json(&get(addr, "/rooms/open", None).await);
+        assert_eq!(shown["participants"][0]["identity"], "erin", "{shown}");
+        expect_problem(
+            &delete(addr, "/rooms/open/participants/erin", None).await,
+            403,
+        )
+        .expect("removing needs auth");
+        expect_problem(&delete(addr, "/rooms/open", None).await, 403).expect("closing needs auth");
+        assert!(viewer.connected());
+        drop(viewer);
         server.shutdown().await;
     })
     .await;

@@ -9,8 +9,10 @@
 //!
 //! With auth on, each request needs a bearer token with the `admin` grant for
 //! the room (a pattern such as `*` covers every room; `GET /rooms` lists only the
-//! rooms the token covers). With auth off, anyone who reaches the HTTP port may
-//! use it, as anyone may publish.
+//! rooms the token covers). With auth off the two `GET`s answer anyone (as anyone
+//! may publish), but nothing can be removed: ending other people's sessions
+//! needs an admin token. Session keys are never shown: they are what a session's
+//! own requests (DELETE, PATCH, layer, events) are authorized by.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,12 +80,11 @@ pub async fn show(
         return Problem::not_found(format!("room `{room}` has no sessions")).into_response();
     }
     let mut participants: BTreeMap<&str, (Option<&str>, Vec<Value>)> = BTreeMap::new();
-    for (key, entry) in &sessions {
+    for (_, entry) in &sessions {
         let p = participants
             .entry(&entry.participant)
             .or_insert((entry.name.as_deref(), Vec::new()));
         p.1.push(json!({
-            "session": key.to_string(),
             "role": entry.role.as_str(),
             "connectedForSecs": entry.created.elapsed().as_secs(),
         }));
@@ -96,8 +97,12 @@ pub async fn show(
         .collect();
     let entry = state.registry.room(&room).unwrap_or_default();
     let publisher = entry.publisher.map(|key| {
+        let identity = sessions
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, e)| e.participant.to_string());
         json!({
-            "session": key.to_string(),
+            "identity": identity,
             "video": entry.publisher_video.map(|c| c.to_string()),
             "simulcast": entry.publisher_simulcast,
             "live": entry.live,
@@ -118,7 +123,7 @@ pub async fn remove_participant(
     Path((room, identity)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(problem) = admin_scope(&state, &headers, Some(&room)) {
+    if let Err(problem) = admin_to_remove(&state, &headers, &room) {
         return problem.into_response();
     }
     let sessions: Vec<(PeerKey, SessionEntry)> = state
@@ -143,7 +148,7 @@ pub async fn close(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(problem) = admin_scope(&state, &headers, Some(&room)) {
+    if let Err(problem) = admin_to_remove(&state, &headers, &room) {
         return problem.into_response();
     }
     let sessions = state.registry.sessions_in(Some(&room));
@@ -180,6 +185,17 @@ fn admin_scope(
         None => {}
     }
     Ok(Some(claims.room))
+}
+
+/// Removing needs auth on and an admin token for `room`.
+fn admin_to_remove(state: &AppState, headers: &HeaderMap, room: &str) -> Result<(), Problem> {
+    if state.verifier.is_none() {
+        return Err(Problem::denied(auth::Denied::Forbidden(
+            "removing participants or closing rooms needs auth (auth.enabled) and an admin token"
+                .into(),
+        )));
+    }
+    admin_scope(state, headers, Some(room)).map(|_| ())
 }
 
 /// Ends `sessions` on their shards (waiting a moment for each to confirm) and

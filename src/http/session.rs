@@ -156,6 +156,12 @@ impl Drop for PendingOffer<'_> {
     }
 }
 
+/// An identity or display name: 1 to 64 characters, no control characters (they
+/// go into logs and events).
+fn fits_identity(s: &str) -> bool {
+    !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control)
+}
+
 /// The `participant` (and `name`) query parameters of an offer, checked.
 fn participant_query(uri: &axum::http::Uri) -> Result<Option<(String, Option<String>)>, Problem> {
     #[derive(serde::Deserialize)]
@@ -168,11 +174,11 @@ fn participant_query(uri: &axum::http::Uri) -> Result<Option<(String, Option<Str
     };
     let asked: Asked = serde_urlencoded::from_str(query)
         .map_err(|e| Problem::bad_request(format!("the query is not valid: {e}")))?;
-    let fits =
-        |s: &str| !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control);
     match asked.participant {
         None => Ok(None),
-        Some(identity) if fits(&identity) && asked.name.as_deref().is_none_or(fits) => {
+        Some(identity)
+            if fits_identity(&identity) && asked.name.as_deref().is_none_or(fits_identity) =>
+        {
             Ok(Some((identity, asked.name)))
         }
         Some(_) => Err(Problem::bad_request(
@@ -196,8 +202,17 @@ fn authorize_offer(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let claims = verifier.verify(authorization).map_err(Problem::denied)?;
+    if !fits_identity(&claims.sub) || !claims.name.as_deref().is_none_or(fits_identity) {
+        return Err(Problem::denied(crate::auth::Denied::Unauthenticated(
+            "the token's sub and name must be 1 to 64 characters, none of them control characters"
+                .into(),
+        )));
+    }
     let grant = match role {
         Role::Publisher => crate::auth::Grant::Publish,
+        // A token that grants only `data` joins with a data channel alone: the
+        // offer is checked for that once it is read.
+        Role::Viewer if !claims.subscribe && claims.data => crate::auth::Grant::Data,
         Role::Viewer => crate::auth::Grant::Subscribe,
     };
     crate::auth::authorize(&claims, room, grant).map_err(Problem::denied)?;
@@ -223,6 +238,7 @@ async fn create_session(
     let key = PeerKey::random();
     // The token's identity when auth is on; else the one asked for; else the
     // session's own.
+    let data_only_token = token.as_ref().is_some_and(|c| !c.subscribe);
     let participant = match (token, asked) {
         (Some(claims), _) => Participant {
             identity: claims.sub.into(),
@@ -278,6 +294,12 @@ async fn create_session(
         created: false,
     };
     let summary = offer::summarize(&text);
+    let watches = summary.iter().any(|m| m.is_av() && !m.rejected);
+    if role == Role::Viewer && data_only_token && watches {
+        return Err(Problem::denied(crate::auth::Denied::Forbidden(
+            "the token grants `data` but not `subscribe`: offer a data channel only".into(),
+        )));
+    }
     let (preferred_video, simulcast) = match role {
         Role::Publisher => (
             offer::first_sent_video_codec(&summary),
@@ -345,7 +367,7 @@ async fn create_session(
             .set_publisher_media(&room, preferred_video, simulcast);
     }
     let etag = new_etag();
-    state.registry.add_session(
+    let registered = state.registry.add_session(
         key,
         SessionEntry {
             room: room.clone(),
@@ -357,6 +379,12 @@ async fn create_session(
             name: participant.name.clone(),
         },
     );
+    if !registered {
+        return Err(Problem::unavailable(
+            "the session ended as it started; try again",
+            RETRY_AFTER,
+        ));
+    }
     pending.created = true;
     tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = %participant.identity, "session created");
 

@@ -313,7 +313,10 @@ impl ViewerSide {
                 .unwrap_or(ALL_TEMPORAL)
                 .min(slot.temporal_by_bandwidth);
             slot.temporal.set_target(wanted);
-            if !slot.temporal.admit(packet.temporal, packet.keyframe) {
+            if !slot
+                .temporal
+                .admit(packet.temporal, packet.keyframe, packet.timestamp)
+            {
                 forwarder.skip(&meta);
                 if let (Some(d), Some(t)) = (&packet.vp8, packet.temporal) {
                     if t.frame_start {

@@ -19,6 +19,11 @@ use super::vp8::Temporal;
 /// Every temporal layer (VP8's TID is two bits).
 pub const ALL_TEMPORAL: u8 = 3;
 
+/// How many recent frames keep their verdict, so a late packet of one (reordered,
+/// or repaired by retransmission after later frames began) goes the way its
+/// frame went.
+const REMEMBERED_FRAMES: usize = 16;
+
 /// Which temporal layers one viewer slot forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TemporalFilter {
@@ -26,10 +31,13 @@ pub struct TemporalFilter {
     cap: u8,
     /// The highest TID wanted.
     target: u8,
-    /// The frame being forwarded or dropped, so a frame is never cut in two.
-    dropping_frame: bool,
     /// The highest TID seen: a cap at or above it drops nothing.
     highest_seen: u8,
+    /// The last frames' RTP timestamps and whether each is forwarded, newest at
+    /// `next - 1`.
+    frames: [(u32, bool); REMEMBERED_FRAMES],
+    len: usize,
+    next: usize,
 }
 
 impl Default for TemporalFilter {
@@ -37,8 +45,10 @@ impl Default for TemporalFilter {
         TemporalFilter {
             cap: ALL_TEMPORAL,
             target: ALL_TEMPORAL,
-            dropping_frame: false,
             highest_seen: 0,
+            frames: [(0, true); REMEMBERED_FRAMES],
+            len: 0,
+            next: 0,
         }
     }
 }
@@ -59,15 +69,23 @@ impl TemporalFilter {
         self.target = target.min(ALL_TEMPORAL);
     }
 
-    /// Whether to forward a packet with this temporal marking (`None`: no temporal
-    /// layering, always forwarded) that `keyframe` starts or not.
-    pub fn admit(&mut self, temporal: Option<Temporal>, keyframe: bool) -> bool {
+    /// Whether to forward a packet of the frame at RTP time `timestamp` with this
+    /// temporal marking (`None`: no temporal layering, always forwarded) that
+    /// `keyframe` starts or not.
+    pub fn admit(&mut self, temporal: Option<Temporal>, keyframe: bool, timestamp: u32) -> bool {
         let Some(t) = temporal else {
             return true;
         };
-        if !t.frame_start {
-            // The rest of a frame goes the way its first packet went.
-            return !self.dropping_frame;
+        // A frame already judged: every packet of it goes the same way.
+        if let Some(forwarded) = self.verdict(timestamp) {
+            return forwarded;
+        }
+        let newest = self.newest();
+        let is_new = newest.is_none_or(|n| (timestamp.wrapping_sub(n) as i32) > 0);
+        if !t.frame_start || !is_new {
+            // A frame seen from its middle, or an old one: its own layer decides,
+            // and nothing changes (only a new frame's start may move the cap).
+            return t.id <= self.cap;
         }
         self.highest_seen = self.highest_seen.max(t.id);
         if keyframe || self.target < self.cap || self.cap >= self.highest_seen {
@@ -77,8 +95,27 @@ impl TemporalFilter {
         } else if self.target > self.cap && t.id == self.cap + 1 && t.sync {
             self.cap = t.id;
         }
-        self.dropping_frame = t.id > self.cap;
-        !self.dropping_frame
+        let forwarded = t.id <= self.cap;
+        self.remember(timestamp, forwarded);
+        forwarded
+    }
+
+    fn verdict(&self, timestamp: u32) -> Option<bool> {
+        (0..self.len)
+            .map(|back| self.frames[(self.next + REMEMBERED_FRAMES - 1 - back) % REMEMBERED_FRAMES])
+            .find(|(ts, _)| *ts == timestamp)
+            .map(|(_, forwarded)| forwarded)
+    }
+
+    fn newest(&self) -> Option<u32> {
+        (self.len > 0)
+            .then(|| self.frames[(self.next + REMEMBERED_FRAMES - 1) % REMEMBERED_FRAMES].0)
+    }
+
+    fn remember(&mut self, timestamp: u32, forwarded: bool) {
+        self.frames[self.next] = (timestamp, forwarded);
+        self.next = (self.next + 1) % REMEMBERED_FRAMES;
+        self.len = (self.len + 1).min(REMEMBERED_FRAMES);
     }
 }
 
@@ -135,71 +172,123 @@ mod tests {
         })
     }
 
+    /// Feeds frames one after the other, each at its own RTP time.
+    struct Feed {
+        f: TemporalFilter,
+        ts: u32,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Feed {
+                f: TemporalFilter::default(),
+                ts: 0,
+            }
+        }
+        fn start(&mut self, t: Option<Temporal>, keyframe: bool) -> bool {
+            self.ts = self.ts.wrapping_add(3000);
+            self.f.admit(t, keyframe, self.ts)
+        }
+        fn rest(&mut self, t: Option<Temporal>) -> bool {
+            self.f.admit(t, false, self.ts)
+        }
+    }
+
     /// L1T3's pattern: TIDs 0 2 1 2, repeating.
     const PATTERN: [u8; 4] = [0, 2, 1, 2];
 
     #[test]
     fn down_drops_whole_frames_above_the_cap_from_the_next_frame() {
-        let mut f = TemporalFilter::default();
-        assert!(f.admit(frame(2, false), false));
-        f.set_target(0);
+        let mut f = Feed::new();
+        assert!(f.start(frame(2, false), false));
+        f.f.set_target(0);
         // The frame under way is finished.
-        assert!(f.admit(rest(2), false));
+        assert!(f.rest(rest(2)));
         let mut kept = Vec::new();
         for (i, id) in PATTERN.iter().cycle().take(12).enumerate() {
-            if f.admit(frame(*id, false), false) {
-                assert!(f.admit(rest(*id), false), "a frame is never cut");
+            if f.start(frame(*id, false), false) {
+                assert!(f.rest(rest(*id)), "a frame is never cut");
                 kept.push(i);
             } else {
-                assert!(!f.admit(rest(*id), false));
+                assert!(!f.rest(rest(*id)));
             }
         }
         assert_eq!(kept, vec![0, 4, 8], "only the base layer");
-        assert_eq!(f.cap(), 0);
-        assert_eq!(f.dropping_above(), Some(0));
+        assert_eq!(f.f.cap(), 0);
+        assert_eq!(f.f.dropping_above(), Some(0));
     }
 
     #[test]
     fn up_waits_for_a_sync_frame_of_each_layer_in_turn() {
-        let mut f = TemporalFilter::default();
-        f.set_target(0);
-        f.admit(frame(0, false), false);
-        f.set_target(2);
+        let mut f = Feed::new();
+        f.f.set_target(0);
+        f.start(frame(0, false), false);
+        f.f.set_target(2);
         assert!(
-            !f.admit(frame(2, true), false),
+            !f.start(frame(2, true), false),
             "layer 2 before layer 1 is back"
         );
-        assert!(!f.admit(frame(1, false), false), "not a sync frame");
-        assert!(f.admit(frame(0, false), false));
-        assert!(f.admit(frame(1, true), false));
-        assert_eq!(f.cap(), 1);
-        assert!(!f.admit(frame(2, false), false));
-        assert!(f.admit(frame(2, true), false));
-        assert_eq!(f.cap(), 2);
-        assert_eq!(f.dropping_above(), None, "every layer seen passes");
-        assert!(f.admit(frame(2, false), false));
+        assert!(!f.start(frame(1, false), false), "not a sync frame");
+        assert!(f.start(frame(0, false), false));
+        assert!(f.start(frame(1, true), false));
+        assert_eq!(f.f.cap(), 1);
+        assert!(!f.start(frame(2, false), false));
+        assert!(f.start(frame(2, true), false));
+        assert_eq!(f.f.cap(), 2);
+        assert_eq!(f.f.dropping_above(), None, "every layer seen passes");
+        assert!(f.start(frame(2, false), false));
         // Every layer wanted: nothing above layer 2 was ever dropped, so at once.
-        f.set_target(ALL_TEMPORAL);
-        assert!(f.admit(frame(0, false), false));
-        assert_eq!(f.cap(), ALL_TEMPORAL);
+        f.f.set_target(ALL_TEMPORAL);
+        assert!(f.start(frame(0, false), false));
+        assert_eq!(f.f.cap(), ALL_TEMPORAL);
     }
 
     #[test]
     fn a_keyframe_takes_the_target_at_once() {
-        let mut f = TemporalFilter::default();
-        f.set_target(0);
-        f.admit(frame(0, false), false);
-        f.set_target(ALL_TEMPORAL);
-        assert!(f.admit(frame(0, false), true));
-        assert_eq!(f.cap(), ALL_TEMPORAL);
-        assert!(f.admit(frame(2, false), false));
+        let mut f = Feed::new();
+        f.f.set_target(0);
+        f.start(frame(0, false), false);
+        f.f.set_target(ALL_TEMPORAL);
+        assert!(f.start(frame(0, false), true));
+        assert_eq!(f.f.cap(), ALL_TEMPORAL);
+        assert!(f.start(frame(2, false), false));
     }
 
     #[test]
     fn packets_without_temporal_layering_always_pass() {
         let mut f = TemporalFilter::default();
         f.set_target(0);
-        assert!(f.admit(None, false));
+        assert!(f.admit(None, false, 0));
+    }
+
+    /// A packet that comes late (reordered, or repaired after later frames began)
+    /// goes the way its own frame went, and moves nothing.
+    #[test]
+    fn a_late_packet_goes_the_way_of_its_frame() {
+        let mut f = TemporalFilter::default();
+        f.set_target(0);
+        assert!(f.admit(frame(0, false), false, 3000)); // A, base, starts
+        assert!(!f.admit(frame(2, true), false, 6000)); // B, dropped
+        assert!(f.admit(rest(0), false, 3000), "the rest of A, late");
+        assert!(!f.admit(rest(2), false, 6000), "the rest of B");
+        // A late frame start of B (its first packet repaired) is still dropped,
+        // and a late start of A still forwarded; neither moves the cap.
+        assert!(!f.admit(frame(2, true), false, 6000));
+        assert!(f.admit(frame(0, false), false, 3000));
+        assert_eq!(f.cap(), 0);
+        // A frame never seen, met in its middle: its own layer decides.
+        assert!(!f.admit(rest(1), false, 4500));
+        assert!(f.admit(rest(0), false, 9000));
+        // An old frame start beyond the memory does not move the cap either.
+        f.set_target(ALL_TEMPORAL);
+        assert!(!f.admit(frame(1, true), false, 1500));
+        assert_eq!(f.cap(), 0);
+        // Nor across the RTP timestamp wrap.
+        let mut w = TemporalFilter::default();
+        w.set_target(0);
+        assert!(w.admit(frame(0, false), false, u32::MAX - 100));
+        assert!(!w.admit(frame(2, true), false, 2900));
+        assert!(w.admit(rest(0), false, u32::MAX - 100));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Vp8Rewriter {
     recent_next: usize,
     /// The last picture skipped (a repeat of its first packet skips nothing more).
     last_skipped: Option<u16>,
+    /// The newest incoming picture ID of the current source: a skip of an older
+    /// one (repaired late) must not move the IDs of pictures already sent.
+    newest_in: Option<u16>,
 }
 
 /// How many pictures back a late packet finds its picture's outgoing ID.
@@ -83,6 +86,12 @@ impl Vp8Rewriter {
             };
             self.source = Some(source);
             self.recent_len = 0;
+            self.newest_in = None;
+        }
+        if let Some(p) = pid {
+            if self.newest_in.is_none_or(|n| is_newer(p, n, modulus)) {
+                self.newest_in = Some(p);
+            }
         }
         let picture_id = pid.map(|p| match self.recent_out(p) {
             Some(out) => out,
@@ -116,10 +125,12 @@ impl Vp8Rewriter {
         if self.source != Some(source)
             || self.recent_out(pid).is_some()
             || self.last_skipped == Some(pid)
+            || self.newest_in.is_some_and(|n| !is_newer(pid, n, modulus))
         {
             return;
         }
         self.last_skipped = Some(pid);
+        self.newest_in = Some(pid);
         self.pid_offset = (self.pid_offset + modulus - 1) % modulus;
     }
 
@@ -142,6 +153,12 @@ impl Vp8Rewriter {
         self.recent_next = (self.recent_next + 1) % RECENT_PICTURES;
         self.recent_len = (self.recent_len + 1).min(RECENT_PICTURES);
     }
+}
+
+/// `a` comes after `b` among picture IDs counted modulo `modulus`.
+fn is_newer(a: u16, b: u16, modulus: u32) -> bool {
+    let ahead = (u32::from(a) + modulus - u32::from(b) % modulus) % modulus;
+    ahead != 0 && ahead < modulus / 2
 }
 
 /// A 7-bit picture ID stays 7-bit: the patch keeps the representation.
@@ -219,6 +236,19 @@ mod tests {
         r.skip_picture(1, Some(14), M15);
         r.skip_picture(1, Some(13), M15);
         assert_eq!(r.map(1, Some(15), Some(2), M15).picture_id, Some(13));
+        // A late skip of a picture older than the newest one moves nothing:
+        // picture 15 went out as 13, the repaired 14 is skipped late, 16 is 14.
+        r.skip_picture(1, Some(14), M15);
+        assert_eq!(r.map(1, Some(16), Some(2), M15).picture_id, Some(14));
+        let mut late = Vp8Rewriter::default();
+        late.map(1, Some(10), None, M15);
+        late.map(1, Some(12), None, M15); // 11 was lost on the way in
+        late.skip_picture(1, Some(11), M15); // ...and comes late, above the cap
+        assert_eq!(
+            late.map(1, Some(13), None, M15).picture_id,
+            Some(13),
+            "no repeat of 12"
+        );
         // Across the 15-bit wrap.
         let mut w = Vp8Rewriter::default();
         w.map(1, Some(0x7ffe), None, M15);

@@ -141,7 +141,8 @@ pub enum Vp8Descriptor {
     /// Three temporal layers as Chromium sends them (L1T3): picture id, TL0PICIDX
     /// and TID, the TIDs of frames 0, 1, 2, 3 being 0, 2, 1, 2 and repeating; the
     /// first frame of layers 1 and 2 after a base frame is marked layer-sync.
-    /// Keyframes are base frames.
+    /// Keyframes are base frames; TL0PICIDX counts base frames only when keyframes
+    /// fall on base positions (a multiple of 4), which a test must arrange.
     Temporal,
 }
 
