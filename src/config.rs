@@ -100,6 +100,11 @@ pub struct SessionConfig {
     pub max_sessions: usize,
     /// Sessions one client address (IPv6: one /64) holds at once.
     pub max_sessions_per_ip: usize,
+    /// On SIGTERM/SIGINT the server stops taking sessions and keeps the running
+    /// ones for at most this long (or until they end), then exits. A second
+    /// signal exits at once.
+    #[serde(with = "duration_secs")]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -157,6 +162,7 @@ impl Default for SessionConfig {
             keyframe_request_interval: Duration::from_millis(500),
             max_sessions: 5_000,
             max_sessions_per_ip: 500,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -307,6 +313,7 @@ impl Config {
             "session.max_sessions_per_ip" => {
                 self.session.max_sessions_per_ip = parse(key, value, "a number of sessions")?
             }
+            "session.drain_timeout" => self.session.drain_timeout = seconds(key, value)?,
             "auth.enabled" => self.auth.enabled = parse(key, value, "true or false")?,
             "auth.hs256_secret" => self.auth.hs256_secret = value.to_string(),
             "auth.public_key_files" => {
@@ -471,6 +478,7 @@ const ENV_KEYS: &[&str] = &[
     "session.keyframe_request_interval",
     "session.max_sessions",
     "session.max_sessions_per_ip",
+    "session.drain_timeout",
     "auth.enabled",
     "auth.hs256_secret",
     "auth.public_key_files",

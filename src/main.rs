@@ -221,6 +221,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let drain_timeout = config.session.drain_timeout;
     runtime.block_on(async {
         let server = match Server::start(config).await {
             Ok(s) => s,
@@ -240,6 +241,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 tracing::error!(shard, "a media shard stopped: exiting so the supervisor restarts the server");
                 return ExitCode::from(SHARD_FAILED);
             }
+        }
+        // Drain: no new sessions; the running ones get `drain_timeout` to end. A
+        // second signal cuts it short.
+        server.drain();
+        tokio::select! {
+            all_ended = server.drained(drain_timeout) => {
+                if all_ended {
+                    tracing::info!("drained: every session ended");
+                } else {
+                    tracing::info!(sessions = server.session_count(), "drain timeout: ending the rest");
+                }
+            }
+            _ = shutdown_signal() => tracing::info!("second signal: ending every session now"),
         }
         tracing::info!("shutting down");
         server.shutdown().await;

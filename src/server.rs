@@ -37,6 +37,7 @@ pub struct Server {
     stop_http: Option<oneshot::Sender<()>>,
     http_task: Option<tokio::task::JoinHandle<()>>,
     registry: Arc<Registry>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -44,6 +45,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         config.validate()?;
         let verifier = config.token_verifier()?.map(Arc::new);
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let provider = crate::crypto::install().ok_or(StartError::Certificate)?;
         // One certificate for the process: generating one per session costs milliseconds.
         let dtls_cert = provider
@@ -100,6 +102,7 @@ impl Server {
             shards: handles.clone(),
             next_shard: AtomicUsize::new(0),
             verifier: verifier.clone(),
+            draining: Arc::clone(&draining),
         });
         let (stop_http, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(http::serve(listener, state, async {
@@ -120,7 +123,32 @@ impl Server {
             stop_http: Some(stop_http),
             http_task: Some(http_task),
             registry,
+            draining,
         })
+    }
+
+    /// Starts draining: new offers get 503 with `Retry-After`, `/readyz` says 503,
+    /// viewers' event streams get `draining`; running sessions go on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            sessions = self.session_count(),
+            "draining: no new sessions; the running ones go on until they end"
+        );
+    }
+
+    /// Waits until every session has ended or `timeout` has passed; true if all
+    /// ended.
+    pub async fn drained(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.session_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        true
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -6,7 +6,9 @@
 //! same JSON as the layer extension's `GET`, without the estimate);
 //! `participant-joined` (`{"identity", "name"}`) and `participant-left`
 //! (`{"identity"}`) as the room's other participants come and go (those present
-//! when the stream opens are announced first).
+//! when the stream opens are announced first); `draining` (`{"retryAfter"}`) when
+//! the server starts shutting down: the session goes on for now, and a new one
+//! should be made elsewhere.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -72,6 +74,8 @@ struct Watch {
     last_count: Option<usize>,
     /// The other participants in the room, as last told.
     participants: BTreeMap<Arc<str>, Option<Arc<str>>>,
+    /// `draining` was sent.
+    told_draining: bool,
     first: bool,
 }
 
@@ -93,6 +97,7 @@ fn events(
         last_layers: None,
         last_count: None,
         participants: BTreeMap::new(),
+        told_draining: false,
         first: true,
     };
     stream::unfold(watch, |mut w| async move {
@@ -130,6 +135,14 @@ impl Watch {
     /// Queues `participant-joined`/`participant-left`, `viewercount` and `layers`
     /// events for what changed.
     async fn poll(&mut self) {
+        if self.state.is_draining() && !self.told_draining {
+            self.told_draining = true;
+            self.pending.push_back(
+                Event::default()
+                    .event("draining")
+                    .data(json!({ "retryAfter": super::DRAIN_RETRY_AFTER }).to_string()),
+            );
+        }
         let room = self.state.registry.room(&self.room);
         let own = self.state.registry.session(self.key).map(|e| e.participant);
         let now: BTreeMap<Arc<str>, Option<Arc<str>>> = room

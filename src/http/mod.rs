@@ -35,7 +35,19 @@ pub struct AppState {
     pub next_shard: AtomicUsize,
     /// Checks offers' bearer tokens (`None`: auth is off).
     pub verifier: Option<Arc<crate::auth::Verifier>>,
+    /// The server is shutting down: no new sessions, the running ones keep going.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What a client is told to wait before trying again while the server drains
+/// (a load balancer has taken it out by then).
+pub const DRAIN_RETRY_AFTER: u32 = 5;
 
 impl AppState {
     /// `Link` headers advertising the configured STUN/TURN servers (RFC 9725 §4.6).
@@ -119,6 +131,17 @@ const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 /// `/readyz`: every shard's loop answered a ping within its deadline. (`/healthz`
 /// only says the process is alive.)
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_draining() {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: the server is shutting down\n",
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(DRAIN_RETRY_AFTER));
+        return response;
+    }
     let pings = state.shards.iter().map(|s| s.ping(READY_DEADLINE));
     let answers = futures_util::future::join_all(pings).await;
     let silent: Vec<String> = answers

@@ -226,6 +226,12 @@ async fn create_session(
     client: IpAddr,
     request: Request<Body>,
 ) -> Result<Response, Problem> {
+    if state.is_draining() {
+        return Err(Problem::unavailable(
+            "the server is shutting down (draining); try again to reach another instance",
+            super::DRAIN_RETRY_AFTER,
+        ));
+    }
     check_room_name(room)?;
     let token = authorize_offer(state, role, room, request.headers())?;
     let asked = participant_query(request.uri())?;
