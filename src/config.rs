@@ -18,6 +18,33 @@ pub struct Config {
     pub session: SessionConfig,
     pub ice: IceConfig,
     pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+/// How the server logs (to stderr).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (one readable line per event) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// What is logged, as `RUST_LOG` says it (`RUST_LOG`, when set, wins).
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info,str0m=warn".into(),
+        }
+    }
 }
 
 /// Who may publish and watch: bearer tokens (JWT) on WHIP and WHEP offers.
@@ -314,6 +341,19 @@ impl Config {
                 self.session.max_sessions_per_ip = parse(key, value, "a number of sessions")?
             }
             "session.drain_timeout" => self.session.drain_timeout = seconds(key, value)?,
+            "log.format" => {
+                self.log.format = match value.trim() {
+                    "human" => LogFormat::Human,
+                    "json" => LogFormat::Json,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("`{value}` is not human or json"),
+                        ))
+                    }
+                }
+            }
+            "log.level" => self.log.level = value.to_string(),
             "auth.enabled" => self.auth.enabled = parse(key, value, "true or false")?,
             "auth.hs256_secret" => self.auth.hs256_secret = value.to_string(),
             "auth.public_key_files" => {
@@ -479,6 +519,8 @@ const ENV_KEYS: &[&str] = &[
     "session.max_sessions",
     "session.max_sessions_per_ip",
     "session.drain_timeout",
+    "log.format",
+    "log.level",
     "auth.enabled",
     "auth.hs256_secret",
     "auth.public_key_files",

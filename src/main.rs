@@ -89,6 +89,9 @@ struct ServeArgs {
     /// Public IP addresses announced behind a 1:1 NAT, comma-separated (media.public_ips).
     #[arg(long)]
     public_ip: Option<String>,
+    /// Log format, `human` or `json` (log.format).
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
 /// Exit status when a media shard's thread has stopped (EX_SOFTWARE).
@@ -189,6 +192,7 @@ fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
         ("media.udp_port_max", &args.udp_port_max),
         ("media.shards", &args.shards),
         ("media.public_ips", &args.public_ip),
+        ("log.format", &args.log_format),
     ];
     for (key, value) in flags {
         if let Some(value) = value {
@@ -200,8 +204,6 @@ fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging();
-    raise_open_file_limit();
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -209,6 +211,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_logging(&config.log);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("http")
@@ -313,12 +317,17 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging() {
+fn init_logging(log: &switchboard::config::LogConfig) {
+    use switchboard::config::LogFormat;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
-    tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
+    let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Human => logger.init(),
+        LogFormat::Json => logger.json().init(),
+    }
 }

@@ -191,3 +191,71 @@ fn check_config_names_the_key_at_fault() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--log-format json`: every line the server logs is one JSON object with its
+/// level and message (a log collector's input); a bad format is refused by name.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
+        .args([
+            "--media-ip",
+            "127.0.0.1",
+            "--udp-port-min",
+            "0",
+            "--udp-port-max",
+            "0",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start switchboard");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut logged = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let listening = line.contains("switchboard listening");
+                logged.push(line);
+                // The plain "listening" line for people (on stderr, not a log
+                // record) follows the JSON ones; stop at the first.
+                if listening && logged.len() > 2 {
+                    break;
+                }
+            }
+            Err(_) if logged.len() >= 2 => break,
+            Err(_) => {}
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let records: Vec<serde_json::Value> = logged
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(
+        records.iter().any(|r| r["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("switchboard listening"))),
+        "{logged:?}"
+    );
+    assert!(records.iter().all(|r| r["level"].is_string()), "{logged:?}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--log-format", "xml"])
+        .output()
+        .expect("run switchboard");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("log.format"));
+}
