@@ -7,6 +7,10 @@ use prometheus::{
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The process's own metrics (CPU, memory, open files), under Prometheus'
+    /// standard `process_` names, not ours.
+    process: Registry,
+    pub http_requests: IntCounterVec,
     pub sessions_started: IntCounterVec,
     pub sessions_ended: IntCounterVec,
     pub sessions_active: IntGauge,
@@ -117,7 +121,20 @@ impl Metrics {
         registry
             .register(Box::new(media_routes.clone()))
             .expect("metric registered once");
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "no process metrics");
+        }
         Metrics {
+            process,
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by route template (e.g. /whep/{room}) and status.",
+                &["route", "status"],
+            ),
             media_routes,
             http_connections_open,
             http_connections_refused,
@@ -193,7 +210,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let encoder = prometheus::TextEncoder::new();
         encoder
-            .encode_to_string(&self.registry.gather())
+            .encode_to_string(&[self.registry.gather(), self.process.gather()].concat())
             .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
     }
 }

@@ -259,3 +259,48 @@ fn json_logs_are_one_object_per_line() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("log.format"));
 }
+
+/// `/metrics` counts HTTP requests by route template and status (never the room
+/// or session: bounded labels), and carries the process's CPU, memory and open
+/// files under Prometheus' standard names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_and_the_process_are_measured() {
+    support::init_logging();
+    let server = Server::start(Config::for_tests())
+        .await
+        .expect("server starts");
+    let answered = post(
+        &server,
+        "/whep/metered-room",
+        &support::viewer_offer(),
+        "test",
+    )
+    .await;
+    assert_eq!(answered.status(), 201);
+    let refused = post(&server, "/whep/metered-room", "not sdp", "test").await;
+    assert_eq!(refused.status(), 400);
+    let text = reqwest::get(format!("http://{}/metrics", server.http_addr()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "switchboard_http_requests_total{route=\"/whep/{room}\",status=\"201\"} 1",
+        "switchboard_http_requests_total{route=\"/whep/{room}\",status=\"400\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains("metered-room"), "a room name in a label");
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} not in /metrics"
+        );
+    }
+    server.shutdown().await;
+}

@@ -106,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/rooms/{room}/participants/{identity}",
             axum::routing::delete(rooms::remove_participant),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_request))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
         .layer(middleware::from_fn(problem::ensure_problem))
@@ -189,6 +190,23 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Counts each request routed, by its route template (never the room or session
+/// itself: the label set stays bounded) and status.
+async fn count_request(
+    State(state): State<Arc<AppState>>,
+    route: axum::extract::MatchedPath,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
