@@ -198,20 +198,7 @@ async fn a_dead_shard_is_noticed() {
 /// The binary exits non-zero when a shard dies, so its supervisor restarts it.
 #[test]
 fn the_binary_exits_70_when_a_shard_dies() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--media-ip",
-            "127.0.0.1",
-            "--udp-port-min",
-            "0",
-            "--udp-port-max",
-            "0",
-            "--shards",
-            "2",
-        ])
+    let mut child = support::server_command(&["--listen", "127.0.0.1:0", "--shards", "2"])
         .env("SWITCHBOARD_TEST_KILL_SHARD_AFTER_MS", "300")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

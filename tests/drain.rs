@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::flow::{self, start_server};
@@ -72,16 +72,7 @@ async fn sigterm_drains_and_a_second_signal_exits_at_once() {
     use nix::unistd::Pid;
     for sessions_running in [false, true] {
         let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--media-ip",
-                "127.0.0.1",
-                "--udp-port-min",
-                "0",
-                "--udp-port-max",
-                "0",
-            ])
+        let mut child = support::server_command(&["--listen", &format!("127.0.0.1:{port}")])
             .env("SWITCHBOARD_SESSION_DRAIN_TIMEOUT", "60")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -197,16 +197,7 @@ fn check_config_names_the_key_at_fault() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0"])
-        .args([
-            "--media-ip",
-            "127.0.0.1",
-            "--udp-port-min",
-            "0",
-            "--udp-port-max",
-            "0",
-        ])
+    let mut child = support::server_command(&["--log-format", "json", "--listen", "127.0.0.1:0"])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -40,6 +40,24 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// With auth on, the verified claims of the request's bearer token (a 401
+    /// problem without a good one); `Ok(None)` with auth off.
+    pub fn bearer_claims(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<crate::auth::Claims>, problem::Problem> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(None);
+        };
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        verifier
+            .verify(authorization)
+            .map(Some)
+            .map_err(problem::Problem::denied)
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }

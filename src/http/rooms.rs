@@ -21,14 +21,12 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 use super::problem::Problem;
 use super::AppState;
 use crate::auth::{self, Grant};
 use crate::peer::{PeerKey, Role};
 use crate::room::SessionEntry;
-use crate::shard::Command;
 
 /// Why the shard ends a session the room API removed.
 pub const REMOVED_BY_API: &str = "removed through the room API";
@@ -136,7 +134,7 @@ pub async fn remove_participant(
         return Problem::not_found(format!("`{identity}` has no session in room `{room}`"))
             .into_response();
     }
-    let ended = end_sessions(&state, sessions).await;
+    let ended = super::session::end_sessions(&state, &sessions, REMOVED_BY_API).await;
     tracing::info!(%room, participant = %identity, sessions = ended, "participant removed through the room API");
     axum::Json(json!({ "room": room, "participant": identity, "sessionsEnded": ended }))
         .into_response()
@@ -155,7 +153,7 @@ pub async fn close(
     if sessions.is_empty() {
         return Problem::not_found(format!("room `{room}` has no sessions")).into_response();
     }
-    let ended = end_sessions(&state, sessions).await;
+    let ended = super::session::end_sessions(&state, &sessions, REMOVED_BY_API).await;
     tracing::info!(%room, sessions = ended, "room closed through the room API");
     axum::Json(json!({ "room": room, "sessionsEnded": ended })).into_response()
 }
@@ -168,13 +166,9 @@ fn admin_scope(
     headers: &HeaderMap,
     room: Option<&str>,
 ) -> Result<Option<String>, Problem> {
-    let Some(verifier) = &state.verifier else {
+    let Some(claims) = state.bearer_claims(headers)? else {
         return Ok(None);
     };
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let claims = verifier.verify(authorization).map_err(Problem::denied)?;
     match room {
         Some(room) => auth::authorize(&claims, room, Grant::Admin).map_err(Problem::denied)?,
         None if !claims.admin => {
@@ -196,32 +190,4 @@ fn admin_to_remove(state: &AppState, headers: &HeaderMap, room: &str) -> Result<
         )));
     }
     admin_scope(state, headers, Some(room)).map(|_| ())
-}
-
-/// Ends `sessions` on their shards (waiting a moment for each to confirm) and
-/// frees them; answers how many there were.
-async fn end_sessions(state: &AppState, sessions: Vec<(PeerKey, SessionEntry)>) -> usize {
-    let mut waits = Vec::with_capacity(sessions.len());
-    for (key, entry) in &sessions {
-        let (reply, ended) = oneshot::channel();
-        let command = Command::End {
-            key: *key,
-            reason: REMOVED_BY_API,
-            reply: Some(reply),
-        };
-        if state
-            .shards
-            .get(entry.shard)
-            .is_some_and(|s| s.send(command))
-        {
-            waits.push(ended);
-        }
-    }
-    for ended in waits {
-        let _ = tokio::time::timeout(super::session::SHARD_REPLY_TIMEOUT, ended).await;
-    }
-    for (key, entry) in &sessions {
-        state.registry.remove_session(*key, &entry.room, entry.role);
-    }
-    sessions.len()
 }

@@ -195,13 +195,9 @@ fn authorize_offer(
     room: &str,
     headers: &axum::http::HeaderMap,
 ) -> Result<Option<crate::auth::Claims>, Problem> {
-    let Some(verifier) = &state.verifier else {
+    let Some(claims) = state.bearer_claims(headers)? else {
         return Ok(None);
     };
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let claims = verifier.verify(authorization).map_err(Problem::denied)?;
     if !fits_identity(&claims.sub) || !claims.name.as_deref().is_none_or(fits_identity) {
         return Err(Problem::denied(crate::auth::Denied::Unauthenticated(
             "the token's sub and name must be 1 to 64 characters, none of them control characters"
@@ -245,22 +241,15 @@ async fn create_session(
     // The token's identity when auth is on; else the one asked for; else the
     // session's own.
     let data_only_token = token.as_ref().is_some_and(|c| !c.subscribe);
-    let participant = match (token, asked) {
-        (Some(claims), _) => Participant {
-            identity: claims.sub.into(),
-            name: claims.name.map(Into::into),
-            may_send_data: claims.data,
-        },
-        (None, Some((identity, name))) => Participant {
-            identity: identity.into(),
-            name: name.map(Into::into),
-            may_send_data: true,
-        },
-        (None, None) => Participant {
-            identity: key.to_string().into(),
-            name: None,
-            may_send_data: true,
-        },
+    let (identity, name, may_send_data) = match (token, asked) {
+        (Some(claims), _) => (claims.sub, claims.name, claims.data),
+        (None, Some((identity, name))) => (identity, name, true),
+        (None, None) => (key.to_string(), None, true),
+    };
+    let participant = Participant {
+        identity: identity.into(),
+        name: name.map(Into::into),
+        may_send_data,
     };
     let caps = SessionCaps {
         total: state.config.session.max_sessions,
@@ -438,18 +427,41 @@ async fn delete_session(
             return problem.into_response();
         }
     };
-    let (reply, ended) = oneshot::channel();
-    let command = Command::End {
-        key,
-        reason: DELETED_BY_CLIENT,
-        reply: Some(reply),
-    };
-    if state.shards[entry.shard].send(command) {
+    end_sessions(&state, &[(key, entry)], DELETED_BY_CLIENT).await;
+    StatusCode::OK.into_response()
+}
+
+/// Ends `sessions` on their shards for `reason`, waiting a moment for each to
+/// confirm, and frees their registry entries (the shard does, but they must be
+/// gone even if it did not answer). Answers how many there were.
+pub(super) async fn end_sessions(
+    state: &AppState,
+    sessions: &[(PeerKey, SessionEntry)],
+    reason: &'static str,
+) -> usize {
+    let mut waits = Vec::with_capacity(sessions.len());
+    for (key, entry) in sessions {
+        let (reply, ended) = oneshot::channel();
+        let command = Command::End {
+            key: *key,
+            reason,
+            reply: Some(reply),
+        };
+        if state
+            .shards
+            .get(entry.shard)
+            .is_some_and(|s| s.send(command))
+        {
+            waits.push(ended);
+        }
+    }
+    for ended in waits {
         let _ = tokio::time::timeout(SHARD_REPLY_TIMEOUT, ended).await;
     }
-    // The shard removes the registry entry; make sure it is gone even if it did not answer.
-    state.registry.remove_session(key, &entry.room, role);
-    StatusCode::OK.into_response()
+    for (key, entry) in sessions {
+        state.registry.remove_session(*key, &entry.room, entry.role);
+    }
+    sessions.len()
 }
 
 async fn patch_session(

@@ -76,6 +76,25 @@ pub async fn request(
     })
 }
 
+/// A request with the bearer `token` (if any) and a body of `content_type` (if any).
+pub async fn request_with_token(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> Result<Response, String> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    let body = body.map(|(content_type, bytes)| {
+        headers.push(("Content-Type", content_type));
+        bytes
+    });
+    request(method, url, &headers, body).await
+}
+
 /// POST with a content type.
 pub async fn post(
     addr: SocketAddr,

@@ -28,6 +28,23 @@ pub use obs::{ObsOptions, ObsPublisher};
 pub use peer::{ClientDtls, Codecs, Peer, PeerState, SendConfig};
 
 /// Installs a tracing subscriber once (`RUST_LOG` decides what is shown; nothing by default).
+/// The server binary, to serve on 127.0.0.1 with OS-chosen media ports and
+/// `extra` arguments (such as `--listen`).
+pub fn server_command(extra: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.args([
+        "serve",
+        "--media-ip",
+        "127.0.0.1",
+        "--udp-port-min",
+        "0",
+        "--udp-port-max",
+        "0",
+    ]);
+    command.args(extra);
+    command
+}
+
 pub fn init_logging() {
     use std::sync::Once;
     static ONCE: Once = Once::new();
@@ -322,16 +339,11 @@ async fn negotiate(
         Some(_) => shaper::without_candidates(&pending.offer),
         None => pending.offer.clone(),
     };
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("Content-Type", "application/sdp")];
-    if let Some(b) = &bearer {
-        headers.push(("Authorization", b.as_str()));
-    }
-    let resp = http::request(
+    let resp = http::request_with_token(
         reqwest::Method::POST,
         &http::url(http_addr, path),
-        &headers,
-        Some(offer.clone().into_bytes()),
+        token,
+        Some(("application/sdp", offer.clone().into_bytes())),
     )
     .await?;
     if resp.status != 201 {
