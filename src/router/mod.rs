@@ -19,6 +19,8 @@ pub mod payload_type;
 pub mod probe;
 pub mod resolution;
 pub mod simulcast;
+pub mod slots;
+pub mod sources;
 pub mod temporal;
 pub mod vp8;
 
