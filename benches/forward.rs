@@ -22,6 +22,7 @@ use str0m::{IceConnectionState, Input};
 
 use support::{Certs, Clock, Publisher, Subscriber, PACKET_INTERVAL};
 use switchboard::peer::{PeerEvent, WriteOutcome};
+use switchboard::router::sources::RoomSources;
 use switchboard::router::{MediaPacket, RoomId};
 
 const SUBSCRIBERS: [u16; 3] = [1, 10, 100];
@@ -48,6 +49,26 @@ impl Bench {
         let mut publisher = Publisher::new(&room, &subs[0].peer);
         if simulcast {
             publisher = publisher.simulcast();
+        }
+        // The shard gives each viewer's slots to the room's tracks before the
+        // first packet: here, its one video slot to the publisher's track.
+        let mut sources = RoomSources::default();
+        let sample = publisher.next(clock.now);
+        sources.observe(
+            sample.track,
+            sample.publisher,
+            &sample.participant,
+            sample.kind,
+            None,
+            sample.arrival,
+        );
+        publisher = Publisher::new(&room, &subs[0].peer);
+        if simulcast {
+            publisher = publisher.simulcast();
+        }
+        let mut subs = subs;
+        for sub in &mut subs {
+            sub.peer.assign_slots(&sources);
         }
         let mut bench = Bench {
             clock,

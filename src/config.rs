@@ -127,6 +127,9 @@ pub struct SessionConfig {
     pub max_sessions: usize,
     /// Sessions one client address (IPv6: one /64) holds at once.
     pub max_sessions_per_ip: usize,
+    /// Publishers one room holds at once (a conference's participants who
+    /// publish). Past it WHIP POSTs to the room get 409.
+    pub max_publishers_per_room: usize,
     /// On SIGTERM/SIGINT the server stops taking sessions and keeps the running
     /// ones for at most this long (or until they end), then exits. A second
     /// signal exits at once.
@@ -189,6 +192,7 @@ impl Default for SessionConfig {
             keyframe_request_interval: Duration::from_millis(500),
             max_sessions: 5_000,
             max_sessions_per_ip: 500,
+            max_publishers_per_room: 50,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -340,6 +344,9 @@ impl Config {
             "session.max_sessions_per_ip" => {
                 self.session.max_sessions_per_ip = parse(key, value, "a number of sessions")?
             }
+            "session.max_publishers_per_room" => {
+                self.session.max_publishers_per_room = parse(key, value, "a number of publishers")?
+            }
             "session.drain_timeout" => self.session.drain_timeout = seconds(key, value)?,
             "log.format" => {
                 self.log.format = match value.trim() {
@@ -416,6 +423,10 @@ impl Config {
             (
                 "session.max_sessions_per_ip",
                 self.session.max_sessions_per_ip,
+            ),
+            (
+                "session.max_publishers_per_room",
+                self.session.max_publishers_per_room,
             ),
         ] {
             if cap == 0 {
@@ -518,6 +529,7 @@ const ENV_KEYS: &[&str] = &[
     "session.keyframe_request_interval",
     "session.max_sessions",
     "session.max_sessions_per_ip",
+    "session.max_publishers_per_room",
     "session.drain_timeout",
     "log.format",
     "log.level",

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     pub keyframe_requests: IntCounter,
     pub layer_switches: IntCounter,
+    pub slot_switches: IntCounter,
     pub layer_cache_switches: IntCounter,
     pub first_video_seconds: Histogram,
     // HTTP serving and the registry (src/http, src/room.rs).
@@ -197,6 +198,10 @@ impl Metrics {
             layer_switches: counter(
                 "layer_switches_total",
                 "Simulcast layer switches made for viewers (each on a keyframe of the new layer).",
+            ),
+            slot_switches: counter(
+                "slot_switches_total",
+                "Viewer slots moved to another publisher's track (video on its keyframe).",
             ),
             layer_cache_switches: counter(
                 "layer_cache_switches_total",

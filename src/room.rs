@@ -31,23 +31,57 @@ pub struct SessionEntry {
     /// The participant it belongs to, and its display name.
     pub participant: Arc<str>,
     pub name: Option<Arc<str>>,
+    /// A viewer's slots and its room's tracks, as its shard tells them.
+    pub news: Option<watch::Receiver<crate::router::slots::ViewerNews>>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct RoomEntry {
-    pub publisher: Option<PeerKey>,
-    /// The video codec the publisher offered first (what it sends).
-    pub publisher_video: Option<str0m::format::Codec>,
-    /// The room's publisher sends simulcast: its viewers choose layers by their
-    /// bandwidth estimates.
-    pub publisher_simulcast: bool,
+    /// The room's publishing sessions, in the order they joined.
+    pub publishers: Vec<PublisherSeat>,
     pub viewers: usize,
-    /// Whether the publisher is connected (what the `live` channels carry).
-    pub live: bool,
     /// The participants with a session here: identity, display name, and how
     /// many sessions it has (a participant leaves with its last one).
     pub participants: std::collections::BTreeMap<Arc<str>, (Option<Arc<str>>, usize)>,
 }
+
+/// One publishing session of a room.
+#[derive(Debug, Clone)]
+pub struct PublisherSeat {
+    pub key: PeerKey,
+    pub participant: Arc<str>,
+    /// The video codec it offered first (what it sends).
+    pub video: Option<str0m::format::Codec>,
+    /// It sends simulcast: its viewers choose layers by their bandwidth estimates.
+    pub simulcast: bool,
+    /// It is connected (what the `live` channels carry, for any publisher).
+    pub live: bool,
+}
+
+impl RoomEntry {
+    /// Whether any publisher is connected.
+    pub fn live(&self) -> bool {
+        self.publishers.iter().any(|p| p.live)
+    }
+
+    pub fn has_publisher(&self, key: PeerKey) -> bool {
+        self.publishers.iter().any(|p| p.key == key)
+    }
+
+    /// The video codec a viewer's answer leads with: the first publisher's.
+    pub fn video_codec(&self) -> Option<str0m::format::Codec> {
+        self.publishers.iter().find_map(|p| p.video)
+    }
+
+    /// Whether a viewer's bandwidth must be estimated: some publisher sends layers.
+    pub fn any_simulcast(&self) -> bool {
+        self.publishers.iter().any(|p| p.simulcast)
+    }
+}
+
+/// A room holds `session.max_publishers_per_room` publishers already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomFull(pub usize);
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -100,28 +134,50 @@ pub struct TableSizes {
 }
 
 impl Registry {
-    /// Claims `room`'s publisher seat for `key`; `Err` with the holder if taken.
-    pub fn claim_publisher(&self, room: &RoomId, key: PeerKey) -> Result<(), PeerKey> {
+    /// Takes a publisher seat in `room` for `key`, of `participant`. A
+    /// participant publishes once per room: its older publishing session, if
+    /// any, is returned for the caller to end (a client that reconnects replaces
+    /// its stale session at once). `Err` when the room holds `max` publishers.
+    pub fn claim_publisher(
+        &self,
+        room: &RoomId,
+        key: PeerKey,
+        participant: &Arc<str>,
+        max: usize,
+    ) -> Result<Option<PeerKey>, RoomFull> {
         let mut entry = self.rooms.entry(room.clone()).or_default();
-        match entry.publisher {
-            Some(holder) => Err(holder),
-            None => {
-                entry.publisher = Some(key);
-                Ok(())
-            }
+        let replaced = entry
+            .publishers
+            .iter()
+            .find(|p| p.participant == *participant)
+            .map(|p| p.key);
+        let others = entry.publishers.len() - usize::from(replaced.is_some());
+        if others >= max {
+            return Err(RoomFull(max));
         }
+        entry.publishers.push(PublisherSeat {
+            key,
+            participant: Arc::clone(participant),
+            video: None,
+            simulcast: false,
+            live: false,
+        });
+        Ok(replaced)
     }
 
-    /// What the room's publisher sends: its video codec, and whether in layers.
+    /// What publisher `key` of `room` sends: its video codec, and whether in layers.
     pub fn set_publisher_media(
         &self,
         room: &RoomId,
+        key: PeerKey,
         codec: Option<str0m::format::Codec>,
         simulcast: bool,
     ) {
         if let Some(mut r) = self.rooms.get_mut(room) {
-            r.publisher_video = codec;
-            r.publisher_simulcast = simulcast;
+            if let Some(seat) = r.publishers.iter_mut().find(|p| p.key == key) {
+                seat.video = codec;
+                seat.simulcast = simulcast;
+            }
         }
     }
 
@@ -155,14 +211,9 @@ impl Registry {
         if let Entry::Occupied(mut entry) = self.rooms.entry(room.clone()) {
             let r = entry.get_mut();
             match role {
-                Role::Publisher if r.publisher == Some(key) => {
-                    r.publisher = None;
-                    r.publisher_video = None;
-                    r.publisher_simulcast = false;
-                    r.live = false;
-                }
+                Role::Publisher => r.publishers.retain(|p| p.key != key),
                 Role::Viewer if removed.is_some() => r.viewers = r.viewers.saturating_sub(1),
-                _ => {}
+                Role::Viewer => {}
             }
             if let Some(gone) = &removed {
                 if let Some((_, sessions)) = r.participants.get_mut(&gone.participant) {
@@ -172,7 +223,7 @@ impl Registry {
                     }
                 }
             }
-            if r.publisher.is_none() && r.viewers == 0 && r.participants.is_empty() {
+            if r.publishers.is_empty() && r.viewers == 0 && r.participants.is_empty() {
                 entry.remove();
             }
         }
@@ -181,11 +232,14 @@ impl Registry {
         removed
     }
 
-    /// A publisher connected to (`true`) or left (`false`) `room`. Only a room
-    /// that exists is updated: a late `false` for a room that is gone creates nothing.
-    pub fn set_live(&self, room: &RoomId, live: bool) {
+    /// Publisher `key` of `room` connected. The room is live while any of its
+    /// publishers is; a publisher that leaves takes its seat, and its part in
+    /// that, with it (`remove_session`).
+    pub fn set_live(&self, room: &RoomId, key: PeerKey) {
         if let Some(mut r) = self.rooms.get_mut(room) {
-            r.live = live;
+            if let Some(seat) = r.publishers.iter_mut().find(|p| p.key == key) {
+                seat.live = true;
+            }
         }
         self.sync_live(room);
     }
@@ -206,14 +260,14 @@ impl Registry {
     }
 
     fn room_is_live(&self, room: &RoomId) -> bool {
-        self.rooms.get(room).is_some_and(|r| r.live)
+        self.rooms.get(room).is_some_and(|r| r.live())
     }
 
     /// Brings `room`'s channel, if any, in line with the room: sends its live
     /// state, or removes the channel when the room is gone and nobody watches.
     fn sync_live(&self, room: &RoomId) {
         if let Entry::Occupied(entry) = self.live.entry(room.clone()) {
-            let state = self.rooms.get(room).map(|r| r.live);
+            let state = self.rooms.get(room).map(|r| r.live());
             match state {
                 None if entry.get().receiver_count() == 0 => {
                     entry.remove();
@@ -485,6 +539,7 @@ mod tests {
             created: Instant::now(),
             participant: "p".into(),
             name: None,
+            news: None,
         }
     }
 
@@ -494,14 +549,36 @@ mod tests {
     };
 
     #[test]
-    fn one_publisher_per_room_and_the_seat_frees_on_removal() {
+    fn publishers_share_a_room_up_to_its_cap_and_a_participant_replaces_itself() {
         let reg = Registry::default();
         let room: RoomId = "a".into();
-        assert!(reg.claim_publisher(&room, PeerKey(1)).is_ok());
-        assert_eq!(reg.claim_publisher(&room, PeerKey(2)), Err(PeerKey(1)));
+        let (alice, bob, carol): (Arc<str>, Arc<str>, Arc<str>) =
+            ("alice".into(), "bob".into(), "carol".into());
+        assert_eq!(reg.claim_publisher(&room, PeerKey(1), &alice, 2), Ok(None));
+        assert_eq!(reg.claim_publisher(&room, PeerKey(2), &bob, 2), Ok(None));
+        assert_eq!(
+            reg.claim_publisher(&room, PeerKey(3), &carol, 2),
+            Err(RoomFull(2))
+        );
+        // Alice again: her older session is to be ended; the cap still holds.
+        assert_eq!(
+            reg.claim_publisher(&room, PeerKey(4), &alice, 2),
+            Ok(Some(PeerKey(1)))
+        );
         reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
         reg.remove_session(PeerKey(1), &room, Role::Publisher);
-        assert!(reg.claim_publisher(&room, PeerKey(2)).is_ok());
+        let seats: Vec<PeerKey> = reg
+            .room("a")
+            .map(|r| r.publishers.iter().map(|p| p.key).collect())
+            .unwrap_or_default();
+        assert_eq!(seats, vec![PeerKey(2), PeerKey(4)]);
+        reg.set_publisher_media(&room, PeerKey(4), Some(str0m::format::Codec::H264), true);
+        let r = reg.room("a").expect("room");
+        assert_eq!(r.video_codec(), Some(str0m::format::Codec::H264));
+        assert!(r.any_simulcast());
+        assert!(!r.live());
+        reg.set_live(&room, PeerKey(2));
+        assert!(reg.room("a").is_some_and(|r| r.live()));
     }
 
     #[test]
@@ -519,12 +596,13 @@ mod tests {
     fn set_live_on_a_room_that_is_gone_creates_nothing() {
         let reg = Registry::default();
         let room: RoomId = "gone".into();
-        reg.claim_publisher(&room, PeerKey(1)).unwrap();
+        let p: Arc<str> = "p".into();
+        reg.claim_publisher(&room, PeerKey(1), &p, 8).unwrap();
         reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
-        reg.set_live(&room, true);
-        // What a shard's end_peer does: remove, then say the room is not live.
+        reg.set_live(&room, PeerKey(1));
         reg.remove_session(PeerKey(1), &room, Role::Publisher);
-        reg.set_live(&room, false);
+        // A late "connected" for the session that is gone.
+        reg.set_live(&room, PeerKey(1));
         assert_eq!(reg.table_sizes(), TableSizes::default());
     }
 
@@ -532,11 +610,12 @@ mod tests {
     fn a_watcher_starts_from_the_current_state_and_its_channel_goes_with_the_room() {
         let reg = Arc::new(Registry::default());
         let room: RoomId = "r".into();
-        reg.claim_publisher(&room, PeerKey(1)).unwrap();
+        let p: Arc<str> = "p".into();
+        reg.claim_publisher(&room, PeerKey(1), &p, 8).unwrap();
         reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
         reg.add_session(PeerKey(2), entry(&room, Role::Viewer));
         // Live before anyone watched: no channel yet, but the state is kept.
-        reg.set_live(&room, true);
+        reg.set_live(&room, PeerKey(1));
         assert_eq!(reg.table_sizes().live, 0);
         let mut watch = reg.watch_live(&room);
         assert!(watch.borrow_and_update());

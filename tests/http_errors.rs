@@ -246,33 +246,59 @@ async fn unknown_session_is_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn second_publisher_in_room_is_409() {
+async fn a_full_room_is_409_and_a_participant_publishing_again_replaces_itself() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = server().await;
-        let first = Publisher::start(server.http_addr(), "busy", PublisherOptions::new(1))
+        let mut config = Config::for_tests();
+        config.session.max_publishers_per_room = 2;
+        let server = flow::start_server(config).await;
+        let addr = server.http_addr();
+        let post = |path: &'static str| {
+            http::post(addr, path, "application/sdp", support::publisher_offer())
+        };
+        let alice = post("/whip/busy?participant=alice").await.expect("POST");
+        assert_eq!(alice.status, 201, "{:?}", alice.body);
+        let bob = post("/whip/busy?participant=bob").await.expect("POST");
+        assert_eq!(bob.status, 201, "{:?}", bob.body);
+        let carol = post("/whip/busy?participant=carol").await.expect("POST");
+        expect_problem(&carol, 409).expect("a third publisher in a room of two");
+        // Alice again (a reconnect): her new session replaces the old one, which ends.
+        let again = post("/whip/busy?participant=alice").await.expect("POST");
+        assert_eq!(again.status, 201, "{:?}", again.body);
+        // The old session ends: the room lists Bob, then Alice's new session.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let shown = http::request(
+                reqwest::Method::GET,
+                &http::url(addr, "/rooms/busy"),
+                &[],
+                None,
+            )
             .await
-            .expect("first publisher");
-        let resp = http::post(
-            server.http_addr(),
-            "/whip/busy",
-            "application/sdp",
-            support::publisher_offer(),
-        )
-        .await
-        .expect("POST");
-        expect_problem(&resp, 409).expect("second publisher");
+            .expect("GET");
+            let shown: serde_json::Value = serde_json::from_str(&shown.body).expect("json");
+            let publishers: Vec<String> = shown["publishers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p["identity"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if publishers == ["bob", "alice"] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "publishers: {shown}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Its resource says it was ended by the server.
+        let old = http::delete(addr, alice.header("location"))
+            .await
+            .expect("DELETE");
+        assert_eq!(old.status, 200, "{:?}", old.body);
         // Another room is free.
-        let other = http::post(
-            server.http_addr(),
-            "/whip/not-busy",
-            "application/sdp",
-            support::publisher_offer(),
-        )
-        .await
-        .expect("POST");
+        let other = post("/whip/not-busy").await.expect("POST");
         assert_eq!(other.status, 201, "{:?}", other.body);
-        drop(first);
         server.shutdown().await;
     })
     .await;

@@ -608,6 +608,7 @@ async fn sessions_past_the_caps_are_503_with_retry_after_until_one_ends() {
         let mut config = Config::for_tests();
         config.session.max_sessions = 3;
         config.session.max_sessions_per_ip = 2;
+        config.session.max_publishers_per_room = 1;
         let server = flow::start_server(config).await;
         let addr = server.http_addr();
         let a = client_from("127.0.0.1".parse().unwrap());

@@ -33,6 +33,7 @@ async fn post(server: &Server, path: &str, body: &str, user_agent: &str) -> reqw
 async fn a_session_that_never_connects_is_reaped_and_frees_the_room() {
     let mut config = Config::for_tests();
     config.session.reap_timeout = Duration::from_secs(1);
+    config.session.max_publishers_per_room = 1;
     let server = Server::start(config).await.expect("server starts");
     // The offer's only candidates point at a loopback port nobody answers on.
     let offer = corpus("obs-libdatachannel-exwebrtc.sdp");
@@ -44,7 +45,7 @@ async fn a_session_that_never_connects_is_reaped_and_frees_the_room() {
             .status()
             .as_u16(),
         409,
-        "the seat is taken while the session lives"
+        "the room's one seat is taken while the session lives"
     );
     let deadline = Instant::now() + Duration::from_secs(8);
     while server.session_count() > 0 {

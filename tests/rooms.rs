@@ -15,6 +15,7 @@ use switchboard::auth::{expiry_in, mint_hs256, Claims};
 use switchboard::config::Config;
 
 const TEST_LIMIT: Duration = Duration::from_secs(40);
+const EVENTS_LIMIT: Duration = Duration::from_secs(5);
 const SECRET: &str = "a test secret of at least 32 bytes!";
 
 async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> http::Response {
@@ -27,21 +28,6 @@ async fn delete(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> 
     http::request_with_token(reqwest::Method::DELETE, &http::url(addr, path), token, None)
         .await
         .expect("DELETE")
-}
-
-/// Reads the event stream into `seen` until `done(seen)` (panics after 5 s).
-async fn read_events(
-    events: &mut reqwest::Response,
-    seen: &mut String,
-    done: impl Fn(&str) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !done(seen) {
-        match tokio::time::timeout_at(deadline, events.chunk()).await {
-            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => panic!("the events did not come: {seen}"),
-        }
-    }
 }
 
 fn json(response: &http::Response) -> Value {
@@ -137,7 +123,7 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
             .filter_map(|p| p["identity"].as_str())
             .collect();
         assert_eq!(identities, ["alice", "bob", "carol"], "{shown}");
-        assert_eq!(shown["publisher"]["identity"], "alice", "{shown}");
+        assert_eq!(shown["publishers"][0]["identity"], "alice", "{shown}");
         for viewer in [&bob, &carol] {
             let key = viewer
                 .session
@@ -152,13 +138,9 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
         }
 
         // carol's event stream names the others, and says when one leaves.
-        let mut events = reqwest::get(http::url(
-            addr,
-            &format!("{}/events", carol.session.location),
-        ))
-        .await
-        .expect("events");
-        let mut seen = String::new();
+        let mut events = http::Events::open(addr, &carol.session.location)
+            .await
+            .expect("events");
         let joined = |seen: &str| {
             ["alice", "bob"].iter().all(|p| {
                 seen.contains(&format!(
@@ -166,20 +148,23 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
                 ))
             })
         };
-        read_events(&mut events, &mut seen, joined).await;
+        events.until(EVENTS_LIMIT, joined).await.expect("joined");
         assert!(
-            !seen.contains("\"identity\":\"carol\""),
-            "carol is told about herself: {seen}"
+            !events.seen.contains("\"identity\":\"carol\""),
+            "carol is told about herself: {}",
+            events.seen
         );
 
         let removed = json(&delete(addr, "/rooms/conf/participants/bob", Some(&admin)).await);
         assert_eq!(removed["sessionsEnded"], 1, "{removed}");
         let shown = json(&get(addr, "/rooms/conf", Some(&admin)).await);
         assert!(!shown.to_string().contains("\"bob\""), "{shown}");
-        read_events(&mut events, &mut seen, |seen| {
-            seen.contains("event: participant-left\ndata: {\"identity\":\"bob\"}")
-        })
-        .await;
+        events
+            .until(EVENTS_LIMIT, |seen| {
+                seen.contains("event: participant-left\ndata: {\"identity\":\"bob\"}")
+            })
+            .await
+            .expect("bob left");
         let missing = delete(addr, "/rooms/conf/participants/bob", Some(&admin)).await;
         expect_problem(&missing, 404).expect("no bob any more");
 

@@ -298,6 +298,7 @@ impl Publisher {
         }
         let packet = MediaPacket {
             room: self.room.clone(),
+            publisher: switchboard::peer::PeerKey(1),
             participant: Arc::from("publisher"),
             kind: MediaKind::Video,
             source: 7,

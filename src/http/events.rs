@@ -9,6 +9,13 @@
 //! when the stream opens are announced first); `draining` (`{"retryAfter"}`) when
 //! the server starts shutting down: the session goes on for now, and a new one
 //! should be made elsewhere.
+//!
+//! For conferences: `slots` (`{"slots": [{"mid", "kind", "participant", "name",
+//! "track"}]}`, every slot of the viewer's offer in m-line order, `participant`
+//! null when it shows nothing) whenever what a slot shows changes, so a page can
+//! label its tiles; `active-speaker` (`{"participant", "name"}`); `track-muted`
+//! and `track-unmuted` (`{"participant", "track", "kind"}`) when a track has had
+//! no media for a while, and when it has again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -21,11 +28,29 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
+use str0m::media::MediaKind;
+use tokio::sync::watch;
 
 use super::problem::Problem;
 use super::AppState;
 use crate::peer::{PeerKey, Role};
 use crate::room::LiveWatch;
+use crate::router::slots::ViewerNews;
+
+/// The events this stream sends (its Link header lists them).
+pub const EVENTS: [&str; 11] = [
+    "active",
+    "inactive",
+    "layers",
+    "viewercount",
+    "participant-joined",
+    "participant-left",
+    "slots",
+    "active-speaker",
+    "track-muted",
+    "track-unmuted",
+    "draining",
+];
 
 /// The `rel` of the Link header that advertises the event stream.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -54,7 +79,8 @@ pub async fn stream(
         Err(problem) => return problem.into_response(),
     };
     let live = state.registry.watch_live(&room.as_str().into());
-    Sse::new(events(state, key, room, live))
+    let news = state.registry.session(key).and_then(|e| e.news);
+    Sse::new(events(state, key, room, live, news))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -68,6 +94,9 @@ struct Watch {
     key: PeerKey,
     room: String,
     live: LiveWatch,
+    /// The viewer's slots and the room's tracks, from its shard.
+    news: Option<watch::Receiver<ViewerNews>>,
+    last_news: ViewerNews,
     /// Events found and not yet sent.
     pending: VecDeque<Event>,
     last_layers: Option<Value>,
@@ -84,6 +113,7 @@ fn events(
     key: PeerKey,
     room: String,
     live: LiveWatch,
+    news: Option<watch::Receiver<ViewerNews>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // First the current state (live or not, viewers, layers once known); then
     // one event per change. The stream owns the watch: when it ends or the client
@@ -93,6 +123,8 @@ fn events(
         key,
         room,
         live,
+        news,
+        last_news: ViewerNews::default(),
         pending: VecDeque::new(),
         last_layers: None,
         last_count: None,
@@ -110,19 +142,45 @@ fn events(
                 let active = w.live.borrow_and_update();
                 w.pending.push_back(live_event(active));
                 w.poll().await;
+                w.read_news();
                 continue;
             }
-            match tokio::time::timeout(POLL, w.live.changed()).await {
-                Ok(true) => {
+            let news_changed = async {
+                match &mut w.news {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                alive = w.live.changed() => {
+                    if !alive {
+                        return None;
+                    }
                     let active = w.live.borrow_and_update();
                     w.pending.push_back(live_event(active));
                 }
-                Ok(false) => return None,
-                Err(_) if w.state.registry.session(w.key).is_none() => return None,
-                Err(_) => w.poll().await,
+                told = news_changed => {
+                    if !told {
+                        // The session ended on its shard.
+                        w.news = None;
+                    }
+                    w.read_news();
+                }
+                _ = tokio::time::sleep(POLL) => {
+                    // The stream ends with the session.
+                    w.state.registry.session(w.key)?;
+                    w.poll().await;
+                }
             }
         }
     })
+}
+
+fn kind_name(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Audio => "audio",
+        MediaKind::Video => "video",
+    }
 }
 
 fn live_event(active: bool) -> Event {
@@ -132,6 +190,80 @@ fn live_event(active: bool) -> Event {
 }
 
 impl Watch {
+    /// Queues `slots`, `active-speaker`, `track-muted` and `track-unmuted` for
+    /// what the shard last told.
+    fn read_news(&mut self) {
+        let Some(rx) = &mut self.news else {
+            return;
+        };
+        let news = rx.borrow_and_update().clone();
+        let names = self
+            .state
+            .registry
+            .room(&self.room)
+            .map(|r| r.participants)
+            .unwrap_or_default();
+        let name = |p: &str| {
+            names
+                .get(p)
+                .and_then(|(n, _)| n.as_deref().map(str::to_string))
+        };
+        if news.slots != self.last_news.slots {
+            let slots: Vec<Value> = news
+                .slots
+                .iter()
+                .map(|s| {
+                    let participant = s.track.as_ref().map(|t| &*t.participant);
+                    json!({
+                        "mid": s.mid,
+                        "kind": kind_name(s.kind),
+                        "participant": participant,
+                        "name": participant.and_then(name),
+                        "track": s.track.as_ref().map(|t| t.track.to_string()),
+                    })
+                })
+                .collect();
+            self.pending.push_back(
+                Event::default()
+                    .event("slots")
+                    .data(json!({ "slots": slots }).to_string()),
+            );
+        }
+        if news.active_speaker != self.last_news.active_speaker {
+            if let Some(p) = &news.active_speaker {
+                self.pending.push_back(
+                    Event::default()
+                        .event("active-speaker")
+                        .data(json!({ "participant": &**p, "name": name(p) }).to_string()),
+                );
+            }
+        }
+        for (track, muted) in &news.tracks {
+            let before = self
+                .last_news
+                .tracks
+                .iter()
+                .find(|(t, _)| t.track == track.track)
+                .map(|(_, m)| *m);
+            let event = match (before, *muted) {
+                (Some(false) | None, true) => "track-muted",
+                (Some(true), false) => "track-unmuted",
+                _ => continue,
+            };
+            self.pending.push_back(
+                Event::default().event(event).data(
+                    json!({
+                        "participant": &*track.participant,
+                        "track": track.track.to_string(),
+                        "kind": kind_name(track.kind),
+                    })
+                    .to_string(),
+                ),
+            );
+        }
+        self.last_news = news;
+    }
+
     /// Queues `participant-joined`/`participant-left`, `viewercount` and `layers`
     /// events for what changed.
     async fn poll(&mut self) {

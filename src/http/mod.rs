@@ -3,6 +3,7 @@
 
 mod events;
 mod layer;
+mod pins;
 mod problem;
 mod rooms;
 mod sdpfrag;
@@ -107,6 +108,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(layer::get_layer)
                 .post(layer::post_layer)
                 .options(options),
+        )
+        .route(
+            "/whep/{room}/{session}/pins",
+            get(pins::get_pins).put(pins::put_pins).options(options),
         )
         .route(
             "/whep/{room}/{session}/events",
@@ -253,7 +258,7 @@ async fn options(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let out = response.headers_mut();
     out.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"),
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
     );
     let requested = headers
         .get(header::ACCESS_CONTROL_REQUEST_HEADERS)

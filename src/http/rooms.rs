@@ -94,22 +94,22 @@ pub async fn show(
         })
         .collect();
     let entry = state.registry.room(&room).unwrap_or_default();
-    let publisher = entry.publisher.map(|key| {
-        let identity = sessions
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, e)| e.participant.to_string());
-        json!({
-            "identity": identity,
-            "video": entry.publisher_video.map(|c| c.to_string()),
-            "simulcast": entry.publisher_simulcast,
-            "live": entry.live,
+    let publishers: Vec<Value> = entry
+        .publishers
+        .iter()
+        .map(|seat| {
+            json!({
+                "identity": &*seat.participant,
+                "video": seat.video.map(|c| c.to_string()),
+                "simulcast": seat.simulcast,
+                "live": seat.live,
+            })
         })
-    });
+        .collect();
     axum::Json(json!({
         "room": room,
         "participants": participants,
-        "publisher": publisher,
+        "publishers": publishers,
         "viewers": entry.viewers,
     }))
     .into_response()

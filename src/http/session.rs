@@ -22,6 +22,7 @@ use crate::config::HttpConfig;
 use crate::metrics::client_family;
 use crate::peer::{offer, AcceptError, Participant, PeerKey, Role};
 use crate::room::{CapReached, SessionCaps, SessionEntry};
+use crate::router::slots::ViewerNews;
 use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
 
@@ -121,6 +122,9 @@ async fn post_offer(
     }
 }
 
+/// Why a publisher session is ended when its participant publishes again.
+const REPLACED: &str = "replaced by a newer session of the same participant";
+
 /// An offer on its way to becoming a session. It holds a session slot (and,
 /// for a publisher, the room's seat) from before it goes to a shard until the
 /// session is created. Dropped before that (refused, timed out, or the request
@@ -158,7 +162,7 @@ impl Drop for PendingOffer<'_> {
 
 /// An identity or display name: 1 to 64 characters, no control characters (they
 /// go into logs and events).
-fn fits_identity(s: &str) -> bool {
+pub(super) fn fits_identity(s: &str) -> bool {
     !s.is_empty() && s.chars().count() <= 64 && !s.chars().any(char::is_control)
 }
 
@@ -303,20 +307,39 @@ async fn create_session(
         Role::Viewer => state
             .registry
             .room(&room)
-            .map(|r| (r.publisher_video, r.publisher_simulcast))
+            .map(|r| (r.video_codec(), r.any_simulcast()))
             .unwrap_or((None, false)),
     };
-    if role == Role::Publisher {
-        state.registry.claim_publisher(&room, key).map_err(|_| {
-            Problem::new(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!("room `{room}` already has a publisher; DELETE that session first or publish to another room"),
-            )
-        })?;
-    }
+    let replaces = match role {
+        Role::Publisher => {
+            let max = state.config.session.max_publishers_per_room;
+            state
+                .registry
+                .claim_publisher(&room, key, &participant.identity, max)
+                .map_err(|full| {
+                    Problem::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!(
+                            "room `{room}` holds its maximum of {} publishers \
+                             (session.max_publishers_per_room); one must leave first",
+                            full.0
+                        ),
+                    )
+                })?
+        }
+        Role::Viewer => None,
+    };
     let shard = state.next_shard.fetch_add(1, Ordering::Relaxed) % state.shards.len();
     let (reply, answer) = oneshot::channel();
+    // A viewer's slots and the room's tracks, told by its shard to its events stream.
+    let (news, news_rx) = match role {
+        Role::Viewer => {
+            let (tx, rx) = tokio::sync::watch::channel(ViewerNews::default());
+            (Some(tx), Some(rx))
+        }
+        Role::Publisher => (None, None),
+    };
     let request = AcceptRequest {
         key,
         role,
@@ -326,6 +349,7 @@ async fn create_session(
         preferred_video,
         estimate_bandwidth: simulcast,
         participant: participant.clone(),
+        news,
         reply,
     };
     if !state.shards[shard].send(Command::Accept(Box::new(request))) {
@@ -359,7 +383,7 @@ async fn create_session(
     if role == Role::Publisher {
         state
             .registry
-            .set_publisher_media(&room, preferred_video, simulcast);
+            .set_publisher_media(&room, key, preferred_video, simulcast);
     }
     let etag = new_etag();
     let registered = state.registry.add_session(
@@ -372,6 +396,7 @@ async fn create_session(
             created: Instant::now(),
             participant: Arc::clone(&participant.identity),
             name: participant.name.clone(),
+            news: news_rx,
         },
     );
     if !registered {
@@ -382,6 +407,17 @@ async fn create_session(
     }
     pending.created = true;
     tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = %participant.identity, "session created");
+    if let Some(old) = replaces {
+        // The participant published again (a reconnect): its old session goes.
+        if let Some(entry) = state.registry.session(old) {
+            tracing::info!(session = %old, room = %room, participant = %participant.identity, "publisher replaced by the participant's new session");
+            state.shards[entry.shard].send(Command::End {
+                key: old,
+                reason: REPLACED,
+                reply: None,
+            });
+        }
+    }
 
     let location = format!("/{}/{}/{}", endpoint(role), room, key);
     let mut response = (StatusCode::CREATED, answer).into_response();
@@ -395,8 +431,9 @@ async fn create_session(
     state.add_link_headers(headers);
     if role == Role::Viewer {
         let events = format!(
-            "<{location}/events>; rel=\"{}\"; events=\"active,inactive,layers,viewercount\"",
-            super::events::REL
+            "<{location}/events>; rel=\"{}\"; events=\"{}\"",
+            super::events::REL,
+            super::events::EVENTS.join(",")
         );
         if let Ok(v) = HeaderValue::from_str(&events) {
             headers.append(header::LINK, v);

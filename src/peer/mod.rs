@@ -28,6 +28,8 @@ pub use publisher::PublisherSide;
 use viewer::Squeeze;
 pub use viewer::{ViewerSide, WriteOutcome, AUDIO_SHARE_BPS};
 
+use crate::router::slots::ViewerNews;
+
 pub use crate::ids::PeerKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +54,8 @@ pub enum PeerEvent {
     Connected,
     /// A publisher's packet, ready to fan out: shared from here on by every viewer.
     Media(Arc<MediaPacket>),
-    /// A viewer asked for a keyframe (PLI/FIR) or needs one to start.
-    KeyframeWanted,
+    /// A viewer asked for a keyframe (PLI/FIR) on the m-line `mid`.
+    KeyframeWanted(str0m::media::Mid),
     /// The peer closed the connection or its ICE failed for good.
     Gone(&'static str),
     /// The WebRTC stack (or our code around it) panicked for this session: it
@@ -141,6 +143,8 @@ pub struct Peer {
     offer_text: String,
     pub publisher: PublisherSide,
     pub viewer: ViewerSide,
+    /// Where a viewer's slots and the room's tracks are told to its events stream.
+    pub news: Option<tokio::sync::watch::Sender<ViewerNews>>,
 }
 
 /// Why an offer could not be accepted.
@@ -222,6 +226,7 @@ impl Peer {
             offer_text: offer_text.to_string(),
             publisher: PublisherSide::default(),
             viewer: ViewerSide::default(),
+            news: None,
         };
         let mids = offered
             .iter()
@@ -421,13 +426,13 @@ impl Peer {
                 let identity = &self.participant.identity;
                 if let Some(media) =
                     self.publisher
-                        .on_rtp(&mut self.rtc, &self.room, identity, packet)
+                        .on_rtp(&mut self.rtc, &self.room, self.key, identity, packet)
                 {
                     events.push(PeerEvent::Media(Arc::new(media)));
                 }
             }
-            Event::KeyframeRequest(_) if self.role == Role::Viewer => {
-                events.push(PeerEvent::KeyframeWanted);
+            Event::KeyframeRequest(request) if self.role == Role::Viewer => {
+                events.push(PeerEvent::KeyframeWanted(request.mid));
             }
             Event::EgressBitrateEstimate(BweKind::Twcc {
                 estimate,
@@ -565,11 +570,42 @@ impl Peer {
         written
     }
 
-    /// The room's publisher left: the viewer's streams wait for the next one.
-    pub fn publisher_left(&mut self) {
-        self.replay_queue.clear();
-        self.awaiting_replay = false;
-        self.viewer.clear_sources();
+    /// Publisher `key` of the room left: nothing of it is replayed any more (its
+    /// tracks leave the slots when they are assigned again).
+    pub fn forget_publisher(&mut self, key: PeerKey) {
+        self.replay_queue
+            .retain(|q| !matches!(q, Queued::Packet(p, _) if p.publisher == key));
+        if self
+            .replay_queue
+            .iter()
+            .all(|q| matches!(q, Queued::Restart))
+        {
+            self.replay_queue.clear();
+        }
+    }
+
+    /// Gives the viewer's slots to the room's tracks; tells its events stream
+    /// what changed. True if a slot changed.
+    pub fn assign_slots(&mut self, sources: &crate::router::sources::RoomSources) -> bool {
+        let changed = self.viewer.assign(sources, &self.participant.identity);
+        if changed {
+            self.tell_news(sources);
+        }
+        changed
+    }
+
+    /// Tells the viewer's events stream its slots and the room's tracks, if they changed.
+    pub fn tell_news(&self, sources: &crate::router::sources::RoomSources) {
+        if let Some(news) = &self.news {
+            let now = self.viewer.news(sources, &self.participant.identity);
+            news.send_if_modified(|current| {
+                let changed = *current != now;
+                if changed {
+                    *current = now;
+                }
+                changed
+            });
+        }
     }
 
     /// Why this session should be ended now, if it should.

@@ -105,6 +105,7 @@ impl PublisherSide {
         &mut self,
         rtc: &mut Rtc,
         room: &RoomId,
+        publisher: crate::ids::PeerKey,
         participant: &Arc<str>,
         packet: RtpPacket,
     ) -> Option<MediaPacket> {
@@ -190,6 +191,7 @@ impl PublisherSide {
         tracing::trace!(seq = *packet.seq_no, kind = ?stream.kind, keyframe, len = packet.payload.len(), "rtp in");
         Some(MediaPacket {
             room: room.clone(),
+            publisher,
             participant: Arc::clone(participant),
             kind: stream.kind,
             source: stream.source,

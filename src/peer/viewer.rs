@@ -16,6 +16,8 @@ use crate::router::layer_select::{best_allowed, Preference, UP_HEADROOM};
 use crate::router::layer_switch::{Admit, LayerSwitch};
 use crate::router::layers::{LayerReport, LayerRequest, TrackLayers};
 use crate::router::probe::ProbePlan;
+use crate::router::slots::{self, Candidate, SlotView, TrackView, ViewerNews};
+use crate::router::sources::RoomSources;
 use crate::router::temporal::{temporal_target, TemporalFilter, ALL_TEMPORAL};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
@@ -29,12 +31,16 @@ pub struct ViewerSide {
     preference: Preference,
     /// The highest VP8 temporal layer it asked for (the WHEP layer API).
     max_temporal: Option<u8>,
-    /// A keyframe of this track's layer is wanted for a switch: the shard takes it.
-    keyframe_wish: Option<(u64, u8)>,
+    /// Keyframes of these tracks' layers are wanted for switches: the shard takes them.
+    keyframe_wishes: Vec<(u64, u8)>,
     /// What str0m's estimator is asked to reach, and when it probes.
     probe: ProbePlan,
     /// Layer switches made and not yet counted by the shard.
     switches: u32,
+    /// Slot source switches made and not yet counted by the shard.
+    source_switches: u32,
+    /// The participants it pinned (the WHEP pin API): their video first.
+    pins: Vec<Arc<str>>,
 }
 
 /// What the viewer's audio is reckoned to take of its bandwidth estimate.
@@ -50,18 +56,77 @@ struct Slot {
     /// The last codec mapped and the viewer's payload type for it.
     mapped: Option<(CodecSpec, Pt)>,
     vp8: Vp8Rewriter,
-    /// The publisher track shown.
-    track: Option<u64>,
     forwarder: Option<Forwarder>,
+    /// The publisher track shown.
+    shown: Option<Shown>,
+    /// The track a video slot moves to on that track's next keyframe; until
+    /// then the shown one goes on.
+    next: Option<Shown>,
+}
+
+/// A publisher track as one slot follows it.
+#[derive(Debug)]
+struct Shown {
+    track: u64,
     /// Which simulcast layer of the track it forwards, and when it switches.
     layers: LayerSwitch,
-    /// The layers of the track shown (for the layer API and events).
+    /// The layers of the track (for the layer API and events), once seen.
     track_layers: Option<Arc<TrackLayers>>,
     /// Which VP8 temporal layers it forwards.
     temporal: TemporalFilter,
     /// The highest temporal layer the viewer's estimate carries on the layer
     /// forwarded (every one unless even the lowest layer does not fit).
     temporal_by_bandwidth: u8,
+}
+
+impl Shown {
+    fn new(track: u64) -> Self {
+        Shown {
+            track,
+            layers: LayerSwitch::default(),
+            track_layers: None,
+            temporal: TemporalFilter::default(),
+            temporal_by_bandwidth: ALL_TEMPORAL,
+        }
+    }
+}
+
+impl Slot {
+    fn shows(&self, track: u64) -> bool {
+        self.shown.as_ref().is_some_and(|s| s.track == track)
+    }
+
+    fn awaits(&self, track: u64) -> bool {
+        self.next.as_ref().is_some_and(|s| s.track == track)
+    }
+
+    /// The track the slot shows or is moving to.
+    fn wanted(&self) -> Option<u64> {
+        self.next.as_ref().or(self.shown.as_ref()).map(|s| s.track)
+    }
+
+    /// Gives the slot `track` (nothing: `None`). Audio switches at once (every
+    /// packet is decodable); video keeps showing its track until the new one's
+    /// keyframe, unless it showed nothing.
+    fn assign(&mut self, track: Option<u64>) -> bool {
+        if self.wanted() == track {
+            return false;
+        }
+        match track {
+            Some(t) if self.shows(t) => self.next = None,
+            Some(t) if self.kind == MediaKind::Video && self.shown.is_some() => {
+                self.next = Some(Shown::new(t));
+            }
+            _ => {
+                self.shown = track.map(Shown::new);
+                self.next = None;
+                if let Some(f) = &mut self.forwarder {
+                    f.clear_source();
+                }
+            }
+        }
+        true
+    }
 }
 
 /// What happened to a packet offered to a viewer.
@@ -96,14 +161,16 @@ impl ViewerSide {
                 pts: media.codecs,
                 mapped: None,
                 vp8: Vp8Rewriter::default(),
-                track: None,
                 forwarder: None,
-                layers: LayerSwitch::default(),
-                track_layers: None,
-                temporal: TemporalFilter::default(),
-                temporal_by_bandwidth: ALL_TEMPORAL,
+                shown: None,
+                next: None,
             });
         }
+    }
+
+    /// How many slots of `kind` it has.
+    pub fn slot_count(&self, kind: MediaKind) -> usize {
+        self.slots.iter().filter(|s| s.kind == kind).count()
     }
 
     pub fn has_slots(&self) -> bool {
@@ -117,19 +184,101 @@ impl ViewerSide {
             if let Some(f) = &mut slot.forwarder {
                 f.clear_source();
             }
-            slot.layers.stop_forwarding();
+            if let Some(shown) = &mut slot.shown {
+                shown.layers.stop_forwarding();
+            }
         }
     }
 
-    pub fn clear_sources(&mut self) {
-        for slot in &mut self.slots {
-            slot.track = None;
-            if let Some(f) = &mut slot.forwarder {
-                f.clear_source();
+    /// Gives the slots to the room's tracks by the slot policy (`router/slots.rs`),
+    /// leaving out the viewer's own participant `own`. True if any slot changed.
+    pub fn assign(&mut self, sources: &RoomSources, own: &str) -> bool {
+        let mut changed = false;
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let current: Vec<Option<u64>> = self
+                .slots
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(Slot::wanted)
+                .collect();
+            if current.is_empty() {
+                continue;
             }
-            slot.layers = LayerSwitch::default();
-            slot.track_layers = None;
+            let candidates: Vec<Candidate> = sources
+                .sources()
+                .iter()
+                .filter(|s| s.kind == kind && &*s.participant != own)
+                .map(|s| Candidate {
+                    track: s.track,
+                    participant: Arc::clone(&s.participant),
+                    muted: s.muted,
+                    loudness: s.loudness,
+                    last_spoke: sources.last_spoke(&s.participant),
+                    order: s.order,
+                })
+                .collect();
+            let chosen = match kind {
+                MediaKind::Audio => slots::assign_audio(&current, &candidates),
+                MediaKind::Video => slots::assign_video(&current, &candidates, &self.pins),
+            };
+            for (slot, track) in self.slots.iter_mut().filter(|s| s.kind == kind).zip(chosen) {
+                changed |= slot.assign(track);
+            }
         }
+        changed
+    }
+
+    /// The participants the viewer pinned, first first (the WHEP pin API).
+    pub fn set_pins(&mut self, pins: Vec<Arc<str>>) {
+        self.pins = pins;
+    }
+
+    pub fn pins(&self) -> &[Arc<str>] {
+        &self.pins
+    }
+
+    /// What the viewer's slots show, and the room's tracks, for its events.
+    pub fn news(&self, sources: &RoomSources, own: &str) -> ViewerNews {
+        let track_view = |track: u64| {
+            sources.get(track).map(|s| TrackView {
+                track,
+                participant: Arc::clone(&s.participant),
+                kind: s.kind,
+            })
+        };
+        ViewerNews {
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SlotView {
+                    mid: s.mid.to_string(),
+                    kind: s.kind,
+                    track: s.wanted().and_then(track_view),
+                })
+                .collect(),
+            active_speaker: sources.active_speaker().cloned(),
+            tracks: sources
+                .sources()
+                .iter()
+                .filter(|s| &*s.participant != own)
+                .filter_map(|s| Some((track_view(s.track)?, s.muted)))
+                .collect(),
+        }
+    }
+
+    /// The track the first video slot shows or moves to.
+    pub fn first_video_track(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .find(|s| s.kind == MediaKind::Video)
+            .and_then(Slot::wanted)
+    }
+
+    /// The track and layer the slot on `mid` forwards (a viewer's PLI names it).
+    pub fn forwarded_on(&self, mid: Mid) -> Option<(u64, u8)> {
+        let slot = self.slots.iter().find(|s| s.mid == mid)?;
+        let shown = slot.shown.as_ref()?;
+        Some((shown.track, shown.layers.forwarding().unwrap_or(0)))
     }
 
     /// The viewer's bandwidth estimate changed.
@@ -158,7 +307,7 @@ impl ViewerSide {
             .slots
             .iter()
             .find(|s| s.kind == MediaKind::Video)
-            .and_then(|s| s.track_layers.clone())
+            .and_then(|s| s.shown.as_ref()?.track_layers.clone())
             .ok_or_else(|| "nothing is being sent to this session yet".to_string())?;
         self.preference = request.resolve(&layers, now)?;
         self.max_temporal = request.max_temporal_layer_id;
@@ -169,7 +318,10 @@ impl ViewerSide {
     /// while nothing is shown).
     pub fn layer_report(&self, now: Instant) -> LayerReport {
         let slot = self.slots.iter().find(|s| s.kind == MediaKind::Video);
-        let Some((slot, layers)) = slot.and_then(|s| Some((s, s.track_layers.as_ref()?))) else {
+        let shown = slot.and_then(|s| Some((s, s.shown.as_ref()?)));
+        let Some((slot, shown, layers)) =
+            shown.and_then(|(s, shown)| Some((s, shown, shown.track_layers.as_ref()?)))
+        else {
             return LayerReport {
                 mid: slot.map(|s| s.mid.to_string()).unwrap_or_default(),
                 layers: Vec::new(),
@@ -186,17 +338,17 @@ impl ViewerSide {
             mid: slot.mid.to_string(),
             layers: layers.states(now),
             sending: if simulcast {
-                slot.layers.forwarding()
+                shown.layers.forwarding()
             } else {
                 Some(0)
             },
             target: if simulcast {
-                slot.layers.target()
+                shown.layers.target()
             } else {
                 Some(0)
             },
             preference: self.preference,
-            sending_temporal: slot.temporal.dropping_above(),
+            sending_temporal: shown.temporal.dropping_above(),
             max_temporal: self.max_temporal,
             estimate_bps: self.estimate_bps,
         }
@@ -207,9 +359,14 @@ impl ViewerSide {
         std::mem::take(&mut self.switches)
     }
 
-    /// A keyframe wanted for a layer switch: (track, layer), once per wish.
-    pub fn take_keyframe_wish(&mut self) -> Option<(u64, u8)> {
-        self.keyframe_wish.take()
+    /// Keyframes wanted for layer switches: (track, layer), once per wish.
+    pub fn take_keyframe_wishes(&mut self) -> Option<Vec<(u64, u8)>> {
+        (!self.keyframe_wishes.is_empty()).then(|| std::mem::take(&mut self.keyframe_wishes))
+    }
+
+    /// Slot source switches made since the last call.
+    pub fn take_source_switches(&mut self) -> u32 {
+        std::mem::take(&mut self.source_switches)
     }
 
     /// Writes a packet, its timestamp moved by `squeeze` (a replayed one).
@@ -219,8 +376,19 @@ impl ViewerSide {
         packet: &MediaPacket,
         squeeze: Option<Squeeze>,
     ) -> WriteOutcome {
-        // Broadcast: the first slot of the packet's kind shows the room's publisher.
-        let Some(slot) = self.slots.iter_mut().find(|s| s.kind == packet.kind) else {
+        // The video slots share the viewer's estimate: each simulcast choice gets its part.
+        let video_shown = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video && s.shown.is_some())
+            .count()
+            .max(1) as u64;
+        // The slot that shows the packet's track, or is moving to it.
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.kind == packet.kind && (s.shows(packet.track) || s.awaits(packet.track)))
+        else {
             return WriteOutcome::Skipped;
         };
         let pt = match slot.mapped {
@@ -239,17 +407,55 @@ impl ViewerSide {
                 packet.codec.clock_rate.get(),
             )
         });
-        // A slot sticks to one track until its publisher leaves; within a
-        // simulcast track, it forwards the layer chosen for this viewer.
-        if slot.track.is_some_and(|t| t != packet.track) {
+        // The packet's arrival is the clock the layers' state is recorded on: no
+        // clock read per viewer per packet.
+        let now = packet.arrival;
+        let estimate = self
+            .estimate_bps
+            .map(|e| e.saturating_sub(AUDIO_SHARE_BPS) / video_shown);
+        if slot.next.as_ref().is_some_and(|n| n.track == packet.track) {
+            // A source switch of a video slot: it happens on the new track's
+            // keyframe (of the layer chosen for the viewer), with the outgoing
+            // numbering continuous, as a layer switch does.
+            let Some(next) = slot.next.as_mut() else {
+                return WriteOutcome::Skipped;
+            };
+            let ready = if packet.layers.is_simulcast() {
+                let admit = next.layers.admit(
+                    &packet.layers,
+                    packet.layer,
+                    packet.keyframe,
+                    estimate,
+                    self.preference,
+                    now,
+                );
+                if let Some(layer) = next.layers.take_keyframe_wish() {
+                    self.keyframe_wishes.push((packet.track, layer));
+                }
+                admit == Admit::Switch
+            } else {
+                packet.keyframe
+            };
+            if !ready {
+                // Without layers a keyframe request to its publisher brings it.
+                return if packet.layers.is_simulcast() {
+                    WriteOutcome::Skipped
+                } else {
+                    WriteOutcome::NeedsKeyframe
+                };
+            }
+            slot.shown = slot.next.take();
+            forwarder.clear_source();
+            self.source_switches += 1;
+        }
+        let Some(shown) = slot.shown.as_mut() else {
             return WriteOutcome::Skipped;
+        };
+        if shown.track_layers.is_none() {
+            shown.track_layers = Some(Arc::clone(&packet.layers));
         }
         if packet.layers.is_simulcast() {
-            // The packet's arrival is the clock the layers' state is recorded on:
-            // no clock read per viewer per packet.
-            let now = packet.arrival;
-            let estimate = self.estimate_bps.map(|e| e.saturating_sub(AUDIO_SHARE_BPS));
-            let admit = slot.layers.admit(
+            let admit = shown.layers.admit(
                 &packet.layers,
                 packet.layer,
                 packet.keyframe,
@@ -257,21 +463,21 @@ impl ViewerSide {
                 self.preference,
                 now,
             );
-            if let Some(layer) = slot.layers.take_keyframe_wish() {
-                self.keyframe_wish = Some((packet.track, layer));
+            if let Some(layer) = shown.layers.take_keyframe_wish() {
+                self.keyframe_wishes.push((packet.track, layer));
             }
-            if slot.layers.evaluated_at(now) {
-                slot.temporal_by_bandwidth = match slot.layers.forwarding() {
+            if shown.layers.evaluated_at(now) {
+                shown.temporal_by_bandwidth = match shown.layers.forwarding() {
                     Some(layer) => temporal_target(
                         packet.layers.up_to_temporal_bps(layer),
                         packet.layers.bitrate_bps(layer),
                         estimate,
-                        slot.temporal.cap(),
+                        shown.temporal.cap(),
                         UP_HEADROOM,
                     ),
                     None => ALL_TEMPORAL,
                 };
-                let target = slot.layers.target();
+                let target = shown.layers.target();
                 want_probing(
                     rtc,
                     &mut self.probe,
@@ -311,9 +517,9 @@ impl ViewerSide {
             let wanted = self
                 .max_temporal
                 .unwrap_or(ALL_TEMPORAL)
-                .min(slot.temporal_by_bandwidth);
-            slot.temporal.set_target(wanted);
-            if !slot
+                .min(shown.temporal_by_bandwidth);
+            shown.temporal.set_target(wanted);
+            if !shown
                 .temporal
                 .admit(packet.temporal, packet.keyframe, packet.timestamp)
             {
@@ -327,13 +533,7 @@ impl ViewerSide {
             }
         }
         let mut out = match forwarder.forward(&meta) {
-            Ok(out) => {
-                if slot.track != Some(packet.track) {
-                    slot.track = Some(packet.track);
-                    slot.track_layers = Some(Arc::clone(&packet.layers));
-                }
-                out
-            }
+            Ok(out) => out,
             Err(Drop::AwaitingKeyframe) => return WriteOutcome::NeedsKeyframe,
             Err(Drop::BeforeSwitch | Drop::AlreadySent) => return WriteOutcome::Skipped,
         };

@@ -90,6 +90,7 @@ pub(crate) mod tests {
     pub(crate) fn packet(seq: u64, keyframe: bool, size: usize) -> Arc<MediaPacket> {
         Arc::new(MediaPacket {
             room: "r".into(),
+            publisher: crate::ids::PeerKey(1),
             participant: "publisher".into(),
             kind: MediaKind::Video,
             source: 1,

@@ -40,6 +40,8 @@ pub use crate::ids::RoomId;
 #[derive(Debug)]
 pub struct MediaPacket {
     pub room: RoomId,
+    /// The publishing session: where keyframe requests for it go.
+    pub publisher: PeerKey,
     /// The publishing participant's identity: its own viewing sessions skip it.
     pub participant: Arc<str>,
     pub kind: MediaKind,
@@ -77,21 +79,24 @@ pub struct MediaPacket {
 pub struct LocalRoom {
     /// Viewers of this room whose `Rtc` lives on this shard.
     pub viewers: Vec<PeerKey>,
-    /// The room's publisher, if its `Rtc` lives on this shard.
-    pub publisher: Option<PeerKey>,
-    /// The room's publishers as shards announced them, keyed by session, oldest
-    /// first. Keyed so that a late or crossing `PublisherLeft` of an old session
-    /// can never clear the routing of a newer, live one.
+    /// The room's publishers whose `Rtc` lives on this shard.
+    pub local_publishers: Vec<PeerKey>,
+    /// The room's publishers as shards announced them, oldest first, with the
+    /// shard each lives on.
     publishers: Vec<(PeerKey, usize)>,
     /// Number of the room's viewers on each shard (index = shard), this one included.
     viewers_per_shard: Vec<u32>,
-    /// Keyframe caches of the local publisher's video layers.
+    /// Keyframe caches of the local publishers' video layers.
     gops: Vec<LayerCache>,
+    /// The room's tracks as this shard sees them: mute, loudness, speakers.
+    pub sources: sources::RoomSources,
 }
 
 /// The keyframe cache of one layer of a track, filled from its current stream.
 #[derive(Debug)]
 struct LayerCache {
+    publisher: PeerKey,
+    participant: Arc<str>,
     track: u64,
     layer: u8,
     source: u64,
@@ -100,9 +105,23 @@ struct LayerCache {
 }
 
 impl LocalRoom {
-    /// The shard the room's current publisher lives on, wherever that is.
-    pub fn publisher_shard(&self) -> Option<usize> {
-        self.publishers.last().map(|(_, shard)| *shard)
+    /// The shard publisher `key` lives on.
+    pub fn shard_of(&self, key: PeerKey) -> Option<usize> {
+        self.publishers
+            .iter()
+            .find(|(p, _)| *p == key)
+            .map(|(_, shard)| *shard)
+    }
+
+    /// The publisher of `track` (a track this shard has seen) and its shard.
+    pub fn track_publisher(&self, track: u64) -> Option<(PeerKey, usize)> {
+        let key = self.sources.publisher_of(track)?;
+        Some((key, self.shard_of(key)?))
+    }
+
+    /// The room's publishers, oldest first, with their shards.
+    pub fn publishers(&self) -> &[(PeerKey, usize)] {
+        &self.publishers
     }
 }
 
@@ -126,7 +145,16 @@ impl Router {
         self.rooms.get(room)
     }
 
-    fn room_mut(&mut self, room: &RoomId) -> &mut LocalRoom {
+    pub fn room_mut(&mut self, room: &str) -> Option<&mut LocalRoom> {
+        self.rooms.get_mut(room)
+    }
+
+    /// Every room this shard knows, for the periodic look at their sources.
+    pub fn rooms_mut(&mut self) -> impl Iterator<Item = (&RoomId, &mut LocalRoom)> {
+        self.rooms.iter_mut()
+    }
+
+    fn entry(&mut self, room: &RoomId) -> &mut LocalRoom {
         let shard_count = self.shard_count;
         self.rooms.entry(room.clone()).or_insert_with(|| LocalRoom {
             viewers_per_shard: vec![0; shard_count],
@@ -135,7 +163,7 @@ impl Router {
     }
 
     pub fn add_local_viewer(&mut self, room: &RoomId, peer: PeerKey) {
-        self.room_mut(room).viewers.push(peer);
+        self.entry(room).viewers.push(peer);
     }
 
     pub fn remove_local_viewer(&mut self, room: &RoomId, peer: PeerKey) {
@@ -147,34 +175,34 @@ impl Router {
 
     /// `peer`, on this shard, now publishes to `room`.
     pub fn add_local_publisher(&mut self, room: &RoomId, peer: PeerKey) {
-        let r = self.room_mut(room);
-        r.publisher = Some(peer);
-        r.gops.clear();
+        let r = self.entry(room);
+        if !r.local_publishers.contains(&peer) {
+            r.local_publishers.push(peer);
+        }
         self.publisher_at(room, peer, self.shard);
     }
 
     /// `room`'s publisher `peer` lives on `shard` (told by every shard that gets one).
     pub fn publisher_at(&mut self, room: &RoomId, peer: PeerKey, shard: usize) {
-        let r = self.room_mut(room);
+        let r = self.entry(room);
         r.publishers.retain(|(p, _)| *p != peer);
         r.publishers.push((peer, shard));
+        r.sources.publisher_joined(peer);
     }
 
-    /// Publisher `peer` left `room`. Returns whether it was the room's current
-    /// publisher (its viewers must then wait for the next one); a stale message
-    /// about an older session changes nothing.
+    /// Publisher `peer` left `room`: its tracks, caches and routing go. Returns
+    /// whether any of its tracks were known here (the room's viewers must then
+    /// be given other sources).
     pub fn publisher_left(&mut self, room: &RoomId, peer: PeerKey) -> bool {
         let Some(r) = self.rooms.get_mut(room) else {
             return false;
         };
-        let was_current = r.publishers.last().map(|(p, _)| *p) == Some(peer);
         r.publishers.retain(|(p, _)| *p != peer);
-        if r.publisher == Some(peer) {
-            r.publisher = None;
-            r.gops.clear();
-        }
+        r.local_publishers.retain(|p| *p != peer);
+        r.gops.retain(|c| c.publisher != peer);
+        let had_tracks = r.sources.remove_publisher(peer);
         self.forget_if_empty(room);
-        was_current
+        had_tracks
     }
 
     /// Keeps a local publisher's video packet for viewers who join later, or who
@@ -206,6 +234,8 @@ impl Router {
                 let mut gop = GopCache::new(max_bytes);
                 gop.push(packet);
                 r.gops.push(LayerCache {
+                    publisher: packet.publisher,
+                    participant: Arc::clone(&packet.participant),
                     track: packet.track,
                     layer: packet.layer,
                     source: packet.source,
@@ -217,18 +247,27 @@ impl Router {
     }
 
     /// What a new viewer of `room` needs to start at once: the cached group of
-    /// the best layer that fits `estimate_bps` (any layer without an estimate),
-    /// or of the best cached layer if none fits; empty if nothing is cached.
+    /// `track` (without one: of the first cached track not of the viewer's own
+    /// participant `viewer`), in the best layer that fits `estimate_bps` (any
+    /// layer without an estimate), or the best cached layer if none fits; empty
+    /// if nothing is cached.
     pub fn gop_snapshot(
         &self,
         room: &str,
+        track: Option<u64>,
+        viewer: &str,
         estimate_bps: Option<u64>,
         now: Instant,
     ) -> Vec<Arc<MediaPacket>> {
         let Some(r) = self.rooms.get(room) else {
             return Vec::new();
         };
-        let cached: Vec<&LayerCache> = r.gops.iter().filter(|c| !c.gop.is_empty()).collect();
+        let cached: Vec<&LayerCache> = r
+            .gops
+            .iter()
+            .filter(|c| !c.gop.is_empty() && &*c.participant != viewer)
+            .filter(|c| track.is_none_or(|t| c.track == t))
+            .collect();
         let Some(first) = cached.first() else {
             return Vec::new();
         };
@@ -280,7 +319,7 @@ impl Router {
     /// A viewer of `room` joined (`+1`) or left (`-1`) on `shard`. Every shard
     /// hears of every change, so the publisher's shard knows where to send.
     pub fn count_viewer(&mut self, room: &RoomId, shard: usize, joined: bool) {
-        let r = self.room_mut(room);
+        let r = self.entry(room);
         if let Some(count) = r.viewers_per_shard.get_mut(shard) {
             *count = if joined {
                 *count + 1
@@ -306,7 +345,7 @@ impl Router {
     fn forget_if_empty(&mut self, room: &RoomId) {
         let empty = self.rooms.get(room).is_some_and(|r| {
             r.viewers.is_empty()
-                && r.publisher.is_none()
+                && r.local_publishers.is_empty()
                 && r.publishers.is_empty()
                 && r.viewers_per_shard.iter().all(|c| *c == 0)
         });
@@ -355,25 +394,28 @@ mod tests {
         let room: RoomId = "r".into();
         let mut router = Router::new(1, 2);
         router.publisher_at(&room, PeerKey(5), 0);
-        assert_eq!(router.room("r").and_then(|r| r.publisher_shard()), Some(0));
-        assert!(router.publisher_left(&room, PeerKey(5)));
+        assert_eq!(
+            router.room("r").and_then(|r| r.shard_of(PeerKey(5))),
+            Some(0)
+        );
+        router.publisher_left(&room, PeerKey(5));
         assert_eq!(router.room_count(), 0);
     }
 
     #[test]
-    fn a_stale_publisher_left_never_clears_a_newer_publisher() {
+    fn publishers_come_and_go_independently() {
         let room: RoomId = "r".into();
         let mut router = Router::new(1, 2);
-        // The old session's PublisherAt arrives after the new one's (commands
-        // crossing between shards), then the old one leaves.
         router.publisher_at(&room, PeerKey(9), 0);
         router.add_local_publisher(&room, PeerKey(7));
         router.publisher_at(&room, PeerKey(3), 0);
-        assert!(!router.publisher_left(&room, PeerKey(9)));
-        assert!(router.publisher_left(&room, PeerKey(3)));
+        router.publisher_left(&room, PeerKey(9));
         let r = router.room("r").expect("room still known");
-        assert_eq!(r.publisher, Some(PeerKey(7)));
-        assert_eq!(r.publisher_shard(), Some(1));
+        assert_eq!(r.local_publishers, vec![PeerKey(7)]);
+        assert_eq!(r.publishers(), &[(PeerKey(7), 1), (PeerKey(3), 0)]);
+        // A late, repeated leave changes nothing more.
+        router.publisher_left(&room, PeerKey(9));
+        assert_eq!(router.room("r").map(|r| r.publishers().len()), Some(2));
     }
 
     #[test]

@@ -18,7 +18,37 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::Instant;
 
+use str0m::media::MediaKind;
+
 pub use super::sources::HYSTERESIS;
+
+/// What one viewer is told about its slots and the room's tracks (its events
+/// stream turns changes into `slots`, `active-speaker`, `track-muted` and
+/// `track-unmuted`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewerNews {
+    /// Every slot of the viewer, in m-line order, and the track it shows (or is
+    /// moving to).
+    pub slots: Vec<SlotView>,
+    pub active_speaker: Option<Arc<str>>,
+    /// The room's tracks but the viewer's own, and whether each is muted.
+    pub tracks: Vec<(TrackView, bool)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotView {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub track: Option<TrackView>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackView {
+    /// Opaque, unique in this process for the track's life.
+    pub track: u64,
+    pub participant: Arc<str>,
+    pub kind: MediaKind,
+}
 
 /// One track a slot may show, as the policy weighs it.
 #[derive(Debug, Clone)]

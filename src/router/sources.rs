@@ -56,6 +56,9 @@ pub struct TickOutcome {
     /// A track's muted state or the active speaker changed, or the loudness
     /// ranking moved: the slots must be looked at again.
     pub changed: bool,
+    /// Some audio track speaks: where there are fewer audio slots than audio
+    /// tracks, the loudest may have changed.
+    pub speaking: bool,
 }
 
 /// The tracks of one room as one shard sees them.
@@ -63,6 +66,9 @@ pub struct TickOutcome {
 pub struct RoomSources {
     sources: Vec<Source>,
     next_order: u64,
+    /// The room's publishers in the order they joined (as announced to this
+    /// shard): the join order of their tracks, whichever packet comes first.
+    joined: Vec<PeerKey>,
     active_speaker: Option<Arc<str>>,
     /// When each participant was last the active speaker, most recent first.
     spoke: Vec<(Arc<str>, Instant)>,
@@ -94,12 +100,17 @@ impl RoomSources {
             return std::mem::take(&mut s.muted);
         }
         self.next_order += 1;
+        let rank = self
+            .joined
+            .iter()
+            .position(|p| *p == publisher)
+            .unwrap_or(self.joined.len()) as u64;
         self.sources.push(Source {
             track,
             publisher,
             participant: Arc::clone(participant),
             kind,
-            order: self.next_order,
+            order: (rank << 32) | self.next_order,
             last_packet: at,
             muted: false,
             loudness: 0.0,
@@ -108,8 +119,16 @@ impl RoomSources {
         true
     }
 
+    /// A publisher joined the room: its tracks rank after those who joined before.
+    pub fn publisher_joined(&mut self, publisher: PeerKey) {
+        if !self.joined.contains(&publisher) {
+            self.joined.push(publisher);
+        }
+    }
+
     /// Forgets a publisher's tracks. True if it had any.
     pub fn remove_publisher(&mut self, publisher: PeerKey) -> bool {
+        self.joined.retain(|p| *p != publisher);
         let before = self.sources.len();
         self.sources.retain(|s| s.publisher != publisher);
         // Who is gone is no longer a speaker (this bounds `spoke` by the room).
@@ -126,6 +145,7 @@ impl RoomSources {
     /// speaker. Runs every [`TICK`].
     pub fn tick(&mut self, now: Instant) -> TickOutcome {
         let mut changed = false;
+        let mut speaking = false;
         for s in &mut self.sources {
             if !s.muted && now.saturating_duration_since(s.last_packet) > MUTED_AFTER {
                 s.muted = true;
@@ -138,6 +158,7 @@ impl RoomSources {
                 s.loudness += SMOOTHING * (mean - s.loudness);
                 // Crossing the speaking line can reorder the audio slots.
                 changed |= before != (s.loudness >= SPEAKING);
+                speaking |= s.loudness >= SPEAKING;
             }
         }
         if let Some(speaker) = self.choose_speaker() {
@@ -148,7 +169,7 @@ impl RoomSources {
             self.spoke.retain(|(p, _)| *p != speaker);
             self.spoke.insert(0, (speaker, now));
         }
-        TickOutcome { changed }
+        TickOutcome { changed, speaking }
     }
 
     /// The loudest speaking participant, unless the current speaker still speaks
@@ -205,6 +226,11 @@ impl RoomSources {
 
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
+    }
+
+    /// How many of the tracks are of `kind`.
+    pub fn count(&self, kind: MediaKind) -> usize {
+        self.sources.iter().filter(|s| s.kind == kind).count()
     }
 }
 
@@ -277,6 +303,18 @@ mod tests {
         speak(&mut s, &mut at, &[(1, -30), (2, -127)], 10);
         speak(&mut s, &mut at, &[(1, -127), (2, -127)], 10);
         assert_eq!(s.active_speaker().map(|p| &**p), Some("p1"));
+    }
+
+    #[test]
+    fn join_order_is_the_publishers_not_the_first_packets() {
+        let (mut s, at) = room();
+        s.publisher_joined(PeerKey(1));
+        s.publisher_joined(PeerKey(2));
+        let p: Arc<str> = "p".into();
+        s.observe(20, PeerKey(2), &p, MediaKind::Video, None, at);
+        s.observe(10, PeerKey(1), &p, MediaKind::Video, None, at);
+        let order = |t| s.get(t).map(|s| s.order);
+        assert!(order(10) < order(20));
     }
 
     #[test]

@@ -52,9 +52,19 @@ pub enum Command {
         from: Arc<str>,
         message: Arc<str>,
     },
-    /// A viewer somewhere needs a keyframe from `room`'s publisher.
+    /// A viewer somewhere needs a keyframe from `room`'s publisher `publisher`
+    /// (of one track's layer, or of every video stream).
     WantKeyframe {
         room: RoomId,
+        publisher: PeerKey,
+        layer: Option<(u64, u8)>,
+    },
+    /// The WHEP pin API: the participants a viewer pins, first first (`None`:
+    /// only tell). The reply: the pins in force, `None` if no such viewer here.
+    Pins {
+        key: PeerKey,
+        pins: Option<Vec<Arc<str>>>,
+        reply: oneshot::Sender<Option<Vec<Arc<str>>>>,
     },
     /// `room`'s publisher `key` now lives on `shard`.
     PublisherAt {
@@ -62,11 +72,15 @@ pub enum Command {
         key: PeerKey,
         shard: usize,
     },
-    /// To the publisher's shard: send `viewer` (on `shard`) the keyframe cache.
+    /// To a publisher's shard: send `viewer` (on `shard`) the keyframe cache of
+    /// `track` (without one: of the first cached track not of `participant`,
+    /// the viewer's own).
     WantReplay {
         room: RoomId,
         viewer: PeerKey,
         shard: usize,
+        track: Option<u64>,
+        participant: Arc<str>,
     },
     /// To the publisher's shard: `viewer` (on `shard`) switches to `layer` of
     /// `room`: send it that layer's cache if it is fresh, or ask the publisher for
@@ -82,8 +96,7 @@ pub enum Command {
         viewer: PeerKey,
         packets: Vec<Arc<MediaPacket>>,
     },
-    /// `room`'s publisher `key` left: if it was the current one, viewers wait
-    /// for the next one.
+    /// `room`'s publisher `key` left: its tracks leave the viewers' slots.
     PublisherLeft {
         room: RoomId,
         key: PeerKey,
@@ -102,9 +115,10 @@ impl Command {
     pub fn session(&self) -> Option<PeerKey> {
         match self {
             Command::Accept(request) => Some(request.key),
-            Command::Patch { key, .. } | Command::End { key, .. } | Command::Layer { key, .. } => {
-                Some(*key)
-            }
+            Command::Patch { key, .. }
+            | Command::End { key, .. }
+            | Command::Layer { key, .. }
+            | Command::Pins { key, .. } => Some(*key),
             // (A `WantReplay`'s viewer lives on another shard: nothing to charge here.)
             Command::Replay { viewer, .. } => Some(*viewer),
             #[cfg(feature = "fault-injection")]
@@ -122,9 +136,10 @@ impl Command {
             | Command::WantKeyframe { .. }
             | Command::WantLayer { .. }
             | Command::Data { .. } => CommandClass::Media,
-            Command::Accept(_) | Command::Patch { .. } | Command::Layer { .. } => {
-                CommandClass::Request
-            }
+            Command::Accept(_)
+            | Command::Patch { .. }
+            | Command::Layer { .. }
+            | Command::Pins { .. } => CommandClass::Request,
             _ => CommandClass::Control,
         }
     }
@@ -187,5 +202,7 @@ pub struct AcceptRequest {
     /// the keyframe-cache burst a new viewer starts on.
     pub estimate_bandwidth: bool,
     pub participant: crate::peer::Participant,
+    /// For a viewer: where its slots and the room's tracks are told.
+    pub news: Option<tokio::sync::watch::Sender<crate::router::slots::ViewerNews>>,
     pub reply: oneshot::Sender<Result<String, AcceptError>>,
 }

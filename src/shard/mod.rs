@@ -50,7 +50,7 @@ use crate::peer::{
     panic_message, AcceptError, Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome,
 };
 use crate::room::Registry;
-use crate::router::{MediaPacket, RoomId, Router};
+use crate::router::{sources, MediaPacket, RoomId, Router};
 
 const WAKER: Token = Token(usize::MAX);
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -182,6 +182,7 @@ impl Shard {
                     last_pace: Instant::now(),
                     sends: SendBatch::new(),
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
+                    next_sources_tick: Instant::now() + sources::TICK,
                     dropped_by,
                     dying: false,
                     #[cfg(feature = "fault-injection")]
@@ -224,6 +225,8 @@ struct ShardLoop {
     /// Datagrams to send at the end of this loop turn.
     sends: SendBatch,
     next_housekeeping: Instant,
+    /// When the rooms' sources (levels, mutes, speakers) are next looked at.
+    next_sources_tick: Instant,
     /// `udp_datagrams_dropped_total` by [`DropReason`] (its discriminant),
     /// resolved once: a flood is counted without a label lookup per datagram.
     dropped_by: Vec<prometheus::IntCounter>,
@@ -278,6 +281,7 @@ impl ShardLoop {
                 .next_deadline()
                 .unwrap_or(now + MAX_SLEEP)
                 .min(self.next_housekeeping)
+                .min(self.next_sources_tick)
                 .min(now + MAX_SLEEP);
             if !self.replaying.is_empty() {
                 wake_at = wake_at.min(now + REPLAY_TICK);
@@ -311,6 +315,11 @@ impl ShardLoop {
             self.guarded("replay", None, |s| s.pace_replays(now));
             self.drain_queue();
             self.flush_outbox();
+            if now >= self.next_sources_tick {
+                self.guarded("sources", None, |s| s.tick_sources(now));
+                self.drain_queue();
+                self.next_sources_tick = now + sources::TICK;
+            }
             if now >= self.next_housekeeping {
                 self.housekeeping(now);
                 self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
@@ -396,6 +405,11 @@ impl ShardLoop {
             let _ = catch_unwind(AssertUnwindSafe(|| match peer.role {
                 Role::Publisher => {
                     self.router.publisher_left(&peer.room, key);
+                    let room = peer.room.clone();
+                    self.tell_others(|| Command::PublisherLeft {
+                        room: room.clone(),
+                        key,
+                    });
                 }
                 Role::Viewer => self.router.remove_local_viewer(&peer.room, key),
             }));
@@ -562,6 +576,10 @@ impl ShardLoop {
                 });
                 let _ = reply.send(answer);
             }
+            Command::Pins { key, pins, reply } => {
+                let answer = self.pins(key, pins);
+                let _ = reply.send(answer);
+            }
             Command::End { key, reason, reply } => {
                 let ended = self.end_peer(key, reason);
                 if let Some(reply) = reply {
@@ -583,28 +601,32 @@ impl ShardLoop {
                 from,
                 message,
             } => self.deliver_data(&room, &from, &message),
-            Command::WantKeyframe { room } => {
-                self.request_keyframe_here(&room, None, Instant::now())
-            }
+            Command::WantKeyframe {
+                room,
+                publisher,
+                layer,
+            } => self.request_keyframe_here(&room, publisher, layer, Instant::now()),
             Command::PublisherAt { room, key, shard } => {
                 tracing::debug!(shard = self.index, %room, publisher = %key, publisher_shard = shard, "publisher located");
                 self.router.publisher_at(&room, key, shard);
             }
-            Command::PublisherLeft { room, key } => {
-                if self.router.publisher_left(&room, key) {
-                    self.publisher_left_here(&room);
-                }
-            }
+            Command::PublisherLeft { room, key } => self.publisher_left_here(&room, key),
             Command::WantReplay {
                 room,
                 viewer,
                 shard,
+                track,
+                participant,
             } => {
                 let now = Instant::now();
+                let estimate = self.initial_video_bps();
                 let packets = self
                     .router
-                    .gop_snapshot(&room, self.initial_video_bps(), now);
-                self.request_keyframe_here(&room, None, now);
+                    .gop_snapshot(&room, track, &participant, estimate, now);
+                // A fresh keyframe keeps the cache, and so later replays, short.
+                if let Some(first) = packets.first() {
+                    self.request_keyframe_here(&room, first.publisher, None, now);
+                }
                 if let Some(handle) = self.shards.get(shard) {
                     handle.send(Command::Replay { viewer, packets });
                 }
@@ -614,8 +636,40 @@ impl ShardLoop {
                 layer,
                 viewer,
                 shard,
-            } => self.serve_layer(&room, layer, viewer, shard, Instant::now()),
-            Command::Replay { viewer, packets } => self.replay(viewer, &packets),
+            } => {
+                let publisher = self
+                    .router
+                    .room(&room)
+                    .and_then(|r| r.track_publisher(layer.0));
+                if let Some((publisher, _)) = publisher {
+                    self.serve_layer(&room, publisher, layer, viewer, shard, Instant::now());
+                }
+            }
+            Command::Replay { viewer, packets } => {
+                // The tracks it brings may be news to this shard: the viewer's
+                // slots must know them before the packets are written.
+                if let Some(first) = packets.first() {
+                    let room = first.room.clone();
+                    let now = Instant::now();
+                    let mut learnt = false;
+                    if let Some(r) = self.router.room_mut(&room) {
+                        for p in &packets {
+                            learnt |= r.sources.observe(
+                                p.track,
+                                p.publisher,
+                                &p.participant,
+                                p.kind,
+                                None,
+                                now,
+                            );
+                        }
+                    }
+                    if learnt {
+                        self.assign_slots(&room);
+                    }
+                }
+                self.replay(viewer, &packets)
+            }
             Command::Ping(reply) => {
                 let _ = reply.send(());
             }
@@ -688,6 +742,7 @@ impl ShardLoop {
             preferred_video,
             estimate_bandwidth,
             participant,
+            news,
             reply,
         } = request;
         let now = Instant::now();
@@ -722,7 +777,10 @@ impl ShardLoop {
             ))
         });
         let (mut peer, answer) = match result {
-            Ok(ok) => ok,
+            Ok((mut peer, answer)) => {
+                peer.news = news;
+                (peer, answer)
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
@@ -731,7 +789,10 @@ impl ShardLoop {
         // The seat is claimed before the offer is sent here; if it is no longer
         // this session's, the HTTP request gave up waiting and released it.
         if role == Role::Publisher
-            && self.registry.room(&room).and_then(|r| r.publisher) != Some(key)
+            && !self
+                .registry
+                .room(&room)
+                .is_some_and(|r| r.has_publisher(key))
         {
             tracing::info!(session = %key, room = %room, "offer accepted after its request gave up: dropped");
             return;
@@ -792,10 +853,7 @@ impl ShardLoop {
         self.demux.remove_session(key);
         self.replaying.retain(|k| *k != key);
         peer.disconnect();
-        // Whether this session held the room's seat: only then is the room's
-        // live state this session's to change.
-        let held_seat = peer.role == Role::Publisher
-            && self.registry.room(&peer.room).and_then(|r| r.publisher) == Some(key);
+        // Frees its publisher seat too, and with it its part in the room's live state.
         self.registry.remove_session(key, &peer.room, peer.role);
         // Remembered so the client's later DELETE answers 200; a client that
         // deleted it, or never learnt its URL, will not ask.
@@ -808,12 +866,7 @@ impl ShardLoop {
         let room = peer.room.clone();
         match peer.role {
             Role::Publisher => {
-                if held_seat {
-                    self.registry.set_live(&room, false);
-                }
-                if self.router.publisher_left(&room, key) {
-                    self.publisher_left_here(&room);
-                }
+                self.publisher_left_here(&room, key);
                 self.tell_others(|| Command::PublisherLeft {
                     room: room.clone(),
                     key,
@@ -940,28 +993,38 @@ impl ShardLoop {
                 if let Some(peer) = self.peers.get(&key) {
                     tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), "connected");
                     if peer.role == Role::Publisher {
-                        self.registry.set_live(&peer.room, true);
+                        self.registry.set_live(&peer.room, key);
                     }
                     if peer.role == Role::Viewer {
                         self.start_viewer(key);
                     }
                 }
             }
-            PeerEvent::KeyframeWanted => {
+            PeerEvent::KeyframeWanted(mid) => {
                 // A viewer's PLIs/FIRs are forwarded at most once per interval:
                 // each would otherwise be a command to the publisher's shard.
+                // They go to the publisher of what the m-line shows, for its layer.
                 let now = Instant::now();
                 let interval = self.keyframe_request_interval;
-                let room = self
+                let wanted = self
                     .peers
                     .get(&key)
                     .filter(|p| {
                         p.keyframe_asked
                             .is_none_or(|at| now.saturating_duration_since(at) >= interval)
                     })
-                    .map(|p| p.room.clone());
-                if let Some(room) = room {
-                    self.ask_keyframe(key, &room, now);
+                    .and_then(|p| Some((p.room.clone(), p.viewer.forwarded_on(mid)?)));
+                if let Some((room, layer)) = wanted {
+                    let publisher = self
+                        .router
+                        .room(&room)
+                        .and_then(|r| r.sources.publisher_of(layer.0));
+                    if let Some(publisher) = publisher {
+                        if let Some(peer) = self.peers.get_mut(&key) {
+                            peer.keyframe_asked = Some(now);
+                        }
+                        self.request_keyframe_from(&room, publisher, Some(layer), now);
+                    }
                 }
             }
             PeerEvent::Data(message) => {
@@ -1006,7 +1069,7 @@ impl ShardLoop {
             .viewers
             .iter()
             .copied()
-            .chain(local.publisher)
+            .chain(local.local_publishers.iter().copied())
             .collect();
         for key in members {
             if let Some(peer) = self.peers.get_mut(&key) {
@@ -1020,6 +1083,23 @@ impl ShardLoop {
 
     /// Writes one packet to every viewer of its room on this shard.
     fn fan_out_local(&mut self, packet: &Arc<MediaPacket>) {
+        let Some(room) = self.router.room_mut(&packet.room) else {
+            return;
+        };
+        let level = packet.extensions.audio_level.map(|(level, _)| level);
+        let new_source = room.sources.observe(
+            packet.track,
+            packet.publisher,
+            &packet.participant,
+            packet.kind,
+            level,
+            packet.arrival,
+        );
+        if new_source {
+            // A track appeared (or came back): the slots are given out again
+            // before its first packet is written.
+            self.assign_slots(&packet.room);
+        }
         let Some(room) = self.router.room(&packet.room) else {
             return;
         };
@@ -1043,12 +1123,16 @@ impl ShardLoop {
                 }
             }
             let outcome = peer.write(packet);
-            if let Some(layer) = peer.viewer.take_keyframe_wish() {
-                layer_wishes.push((*key, layer));
+            if let Some(wishes) = peer.viewer.take_keyframe_wishes() {
+                layer_wishes.extend(wishes.into_iter().map(|layer| (*key, layer)));
             }
             let switches = peer.viewer.take_switches();
             if switches > 0 {
                 self.metrics.layer_switches.inc_by(u64::from(switches));
+            }
+            let switches = peer.viewer.take_source_switches();
+            if switches > 0 {
+                self.metrics.slot_switches.inc_by(u64::from(switches));
             }
             match outcome {
                 WriteOutcome::Written => {
@@ -1076,36 +1160,111 @@ impl ShardLoop {
             }
         }
         if wants_keyframe {
-            let room = packet.room.clone();
-            self.request_keyframe_anywhere(&room, now);
+            self.request_keyframe_from(&packet.room, packet.publisher, None, now);
         }
         for (viewer, layer) in layer_wishes {
             self.want_layer(&packet.room, layer, viewer, now);
         }
     }
 
-    /// A viewer just connected: give it the keyframe cache (from this shard or
-    /// the publisher's), or ask the publisher for a keyframe if there is none.
+    /// Gives the slots of `room`'s viewers on this shard to its tracks again
+    /// (the slot policy, `router/slots.rs`), after the tracks changed.
+    fn assign_slots(&mut self, room: &str) {
+        let Some(r) = self.router.room(room) else {
+            return;
+        };
+        for key in &r.viewers {
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.assign_slots(&r.sources);
+            }
+        }
+    }
+
+    /// Every [`sources::TICK`]: the rooms' loudness, muted tracks and speakers
+    /// are brought up to date, and where they changed, the slots and events.
+    fn tick_sources(&mut self, now: Instant) {
+        for (_, room) in self.router.rooms_mut() {
+            if room.sources.is_empty() {
+                continue;
+            }
+            let outcome = room.sources.tick(now);
+            if !outcome.changed && !outcome.speaking {
+                continue;
+            }
+            let audio_tracks = room.sources.count(MediaKind::Audio);
+            for key in &room.viewers {
+                let Some(peer) = self.peers.get_mut(key) else {
+                    continue;
+                };
+                if outcome.changed {
+                    peer.assign_slots(&room.sources);
+                    peer.tell_news(&room.sources);
+                } else if peer.viewer.slot_count(MediaKind::Audio) < audio_tracks {
+                    // Fewer audio slots than voices: the loudest may have changed.
+                    peer.assign_slots(&room.sources);
+                }
+            }
+        }
+    }
+
+    /// The pin API: sets a viewer's pins (if given) and gives its slots again.
+    fn pins(&mut self, key: PeerKey, pins: Option<Vec<Arc<str>>>) -> Option<Vec<Arc<str>>> {
+        let peer = self.peers.get_mut(&key)?;
+        if let Some(pins) = pins {
+            peer.viewer.set_pins(pins);
+            if let Some(r) = self.router.room(&peer.room) {
+                peer.assign_slots(&r.sources);
+            }
+        }
+        Some(peer.viewer.pins().to_vec())
+    }
+
+    /// A viewer just connected: its slots are given out, and the first video
+    /// slot's track starts at once from the keyframe cache (of this shard or its
+    /// publisher's); the others start on the keyframes asked of their publishers.
     fn start_viewer(&mut self, key: PeerKey) {
-        let Some(room) = self.peers.get(&key).map(|p| p.room.clone()) else {
+        let Some((room, participant)) = self
+            .peers
+            .get(&key)
+            .map(|p| (p.room.clone(), Arc::clone(&p.participant.identity)))
+        else {
             return;
         };
         let now = Instant::now();
-        let (local_publisher, publisher_shard) = match self.router.room(&room) {
-            Some(r) => (r.publisher, r.publisher_shard()),
-            None => (None, None),
+        let Some(r) = self.router.room(&room) else {
+            tracing::debug!(session = %key, "no publisher yet");
+            return;
         };
-        // The cache gives a picture at once; a fresh keyframe (from a publisher
-        // that honours PLI) also keeps the cache, and so later replays, short.
-        if local_publisher.is_some() {
+        let first_video = self.peers.get_mut(&key).and_then(|peer| {
+            peer.assign_slots(&r.sources);
+            peer.tell_news(&r.sources);
+            peer.viewer.first_video_track()
+        });
+        // Where the cache is: the first video track's publisher, or, for a track
+        // this shard has not seen yet, the room's oldest publisher.
+        let holder = match first_video {
+            Some(track) => r.track_publisher(track),
+            None => r.publishers().first().copied(),
+        };
+        let Some((publisher, shard)) = holder else {
+            // No publisher yet: the viewer starts on the first keyframe of the next one.
+            tracing::debug!(session = %key, "no publisher yet");
+            return;
+        };
+        if shard == self.index {
+            let estimate = self.initial_video_bps();
             let packets = self
                 .router
-                .gop_snapshot(&room, self.initial_video_bps(), now);
+                .gop_snapshot(&room, first_video, &participant, estimate, now);
             if !packets.is_empty() {
                 self.replay(key, &packets);
             }
-            self.ask_keyframe(key, &room, now);
-        } else if let Some(shard) = publisher_shard {
+            // A fresh keyframe keeps the cache, and so later replays, short.
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.keyframe_asked = Some(now);
+            }
+            self.request_keyframe_from(&room, publisher, None, now);
+        } else {
             tracing::debug!(session = %key, publisher_shard = shard, "asking for the keyframe cache");
             if let Some(peer) = self.peers.get_mut(&key) {
                 peer.awaiting_replay = true;
@@ -1115,11 +1274,9 @@ impl ShardLoop {
                 room,
                 viewer: key,
                 shard: self.index,
+                track: first_video,
+                participant,
             });
-        }
-        // No publisher yet: the viewer starts on the first keyframe of the next one.
-        else {
-            tracing::debug!(session = %key, "no publisher yet");
         }
     }
 
@@ -1175,14 +1332,6 @@ impl ShardLoop {
         self.replaying.extend(still);
     }
 
-    /// A viewer needs a keyframe: ask the room's publisher, wherever it lives.
-    fn ask_keyframe(&mut self, viewer: PeerKey, room: &RoomId, now: Instant) {
-        if let Some(peer) = self.peers.get_mut(&viewer) {
-            peer.keyframe_asked = Some(now);
-        }
-        self.request_keyframe_anywhere(room, now);
-    }
-
     /// The video bitrate a new viewer's estimate starts with (its audio's share
     /// taken off): which simulcast layer's keyframe cache it is given.
     fn initial_video_bps(&self) -> Option<u64> {
@@ -1191,14 +1340,19 @@ impl ShardLoop {
             .map(|b| b.as_u64().saturating_sub(crate::peer::AUDIO_SHARE_BPS))
     }
 
-    /// A viewer switches to `layer`: it starts at once on that layer's cache where
-    /// the cache is fresh, or on the keyframe asked of the publisher.
+    /// A viewer switches to `layer` (of a track, maybe another publisher's): it
+    /// starts at once on that layer's cache where the cache is fresh, or on the
+    /// keyframe asked of the publisher.
     fn want_layer(&mut self, room: &RoomId, layer: (u64, u8), viewer: PeerKey, now: Instant) {
-        match self.router.room(room).and_then(|r| r.publisher_shard()) {
-            Some(shard) if shard == self.index => {
-                self.serve_layer(room, layer, viewer, self.index, now)
+        match self
+            .router
+            .room(room)
+            .and_then(|r| r.track_publisher(layer.0))
+        {
+            Some((publisher, shard)) if shard == self.index => {
+                self.serve_layer(room, publisher, layer, viewer, self.index, now)
             }
-            Some(shard) => {
+            Some((_, shard)) => {
                 self.shards[shard].send(Command::WantLayer {
                     room: room.clone(),
                     layer,
@@ -1215,6 +1369,7 @@ impl ShardLoop {
     fn serve_layer(
         &mut self,
         room: &RoomId,
+        publisher: PeerKey,
         layer: (u64, u8),
         viewer: PeerKey,
         shard: usize,
@@ -1232,45 +1387,67 @@ impl ShardLoop {
                 self.metrics.layer_cache_switches.inc();
                 self.shards[shard].send(Command::Replay { viewer, packets });
             }
-            None => self.request_keyframe_here(room, Some(layer), now),
+            None => self.request_keyframe_here(room, publisher, Some(layer), now),
         }
     }
 
-    /// Asks `room`'s publisher, wherever it lives, for a keyframe of every video
-    /// stream (a layer switch asks through [`ShardLoop::want_layer`]).
-    fn request_keyframe_anywhere(&mut self, room: &RoomId, now: Instant) {
-        match self.router.room(room).and_then(|r| r.publisher_shard()) {
-            Some(shard) if shard == self.index => self.request_keyframe_here(room, None, now),
-            Some(shard) => {
-                self.shards[shard].send(Command::WantKeyframe { room: room.clone() });
+    /// Asks publisher `publisher` of `room`, wherever it lives, for a keyframe
+    /// of `layer` (of every video stream without one).
+    fn request_keyframe_from(
+        &mut self,
+        room: &RoomId,
+        publisher: PeerKey,
+        layer: Option<(u64, u8)>,
+        now: Instant,
+    ) {
+        match self.router.room(room).and_then(|r| r.shard_of(publisher)) {
+            Some(shard) if shard == self.index => {
+                self.request_keyframe_here(room, publisher, layer, now)
             }
-            None => {} // no publisher: its first keyframe will come anyway
+            Some(shard) => {
+                self.shards[shard].send(Command::WantKeyframe {
+                    room: room.clone(),
+                    publisher,
+                    layer,
+                });
+            }
+            None => {} // gone: its tracks leave the slots
         }
     }
 
-    fn request_keyframe_here(&mut self, room: &str, layer: Option<(u64, u8)>, now: Instant) {
-        let Some(key) = self.router.room(room).and_then(|r| r.publisher) else {
-            return;
-        };
+    fn request_keyframe_here(
+        &mut self,
+        room: &str,
+        publisher: PeerKey,
+        layer: Option<(u64, u8)>,
+        now: Instant,
+    ) {
         let interval = self.keyframe_request_interval;
-        if let Some(peer) = self.peers.get_mut(&key) {
-            if peer.request_keyframe(layer, now, interval) {
+        if let Some(peer) = self.peers.get_mut(&publisher) {
+            if peer.role == Role::Publisher
+                && *peer.room == *room
+                && peer.request_keyframe(layer, now, interval)
+            {
                 self.metrics.keyframe_requests.inc();
                 enqueue(&mut self.queue, peer);
             }
         }
     }
 
-    fn publisher_left_here(&mut self, room: &str) {
-        let Some(r) = self.router.room(room) else {
+    /// Publisher `key` of `room` left (here or on another shard): its tracks,
+    /// caches and queued replays go, and the viewers' slots are given out again.
+    fn publisher_left_here(&mut self, room: &RoomId, key: PeerKey) {
+        if !self.router.publisher_left(room, key) {
             return;
-        };
-        for key in &r.viewers {
-            if let Some(peer) = self.peers.get_mut(key) {
-                peer.publisher_left();
-                peer.awaiting_replay = false;
+        }
+        if let Some(r) = self.router.room(room) {
+            for viewer in &r.viewers {
+                if let Some(peer) = self.peers.get_mut(viewer) {
+                    peer.forget_publisher(key);
+                }
             }
         }
+        self.assign_slots(room);
     }
 
     fn flush_outbox(&mut self) {

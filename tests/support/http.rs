@@ -170,3 +170,63 @@ pub fn expect_problem(resp: &Response, status: u16) -> Result<serde_json::Value,
     }
     Ok(v)
 }
+
+/// A WHEP session's server-sent events, read as they come.
+pub struct Events {
+    response: reqwest::Response,
+    /// Everything read so far.
+    pub seen: String,
+}
+
+impl Events {
+    /// Opens the events stream of the WHEP session at `location`.
+    pub async fn open(addr: SocketAddr, location: &str) -> Result<Events, String> {
+        let response = client()?
+            .get(url(addr, &format!("{location}/events")))
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .map_err(|e| format!("events: {e}"))?;
+        Ok(Events {
+            response,
+            seen: String::new(),
+        })
+    }
+
+    /// Reads until `done(seen)`; an error after `limit`.
+    pub async fn until(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(&self.seen) {
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.seen.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Ok(None)) => return Err(format!("the stream ended: {}", self.seen)),
+                Ok(Err(e)) => return Err(format!("the stream failed: {e}: {}", self.seen)),
+                Err(_) => return Err(format!("the events did not come: {}", self.seen)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The data of every `event` seen so far, as JSON.
+    pub fn all(&self, event: &str) -> Vec<serde_json::Value> {
+        events_in(&self.seen, event)
+    }
+}
+
+/// The data of every `event` in a server-sent events text, as JSON.
+pub fn events_in(seen: &str, event: &str) -> Vec<serde_json::Value> {
+    let marker = format!("event: {event}\ndata: ");
+    seen.split("\n\n")
+        .filter_map(|block| {
+            block
+                .trim_start_matches(':')
+                .trim_start()
+                .strip_prefix(&marker)
+        })
+        .filter_map(|data| serde_json::from_str(data).ok())
+        .collect()
+}

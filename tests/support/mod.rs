@@ -157,6 +157,8 @@ pub struct ViewerOptions {
     pub participant: Option<String>,
     /// A bearer token for the offer.
     pub token: Option<String>,
+    /// Recvonly m-lines of each kind offered: the slots of a conference viewer.
+    pub slots: usize,
 }
 
 impl Default for ViewerOptions {
@@ -171,6 +173,7 @@ impl Default for ViewerOptions {
             channel: false,
             participant: None,
             token: None,
+            slots: 1,
         }
     }
 }
@@ -429,6 +432,11 @@ impl Publisher {
         self.peer.pause(false);
     }
 
+    /// Sends audio at this RFC 6464 level (-127 silence to 0 loudest) from now on.
+    pub fn set_audio_level(&self, level: i8) {
+        self.peer.set_audio_level(level);
+    }
+
     pub fn sent(&self, kind: Kind) -> Vec<SentPacket> {
         self.peer.sent(kind)
     }
@@ -461,11 +469,13 @@ impl Viewer {
         options: ViewerOptions,
     ) -> Result<Viewer, String> {
         let mut lines = Vec::new();
-        if options.audio {
-            lines.push((MediaKind::Audio, Direction::RecvOnly));
-        }
-        if options.video {
-            lines.push((MediaKind::Video, Direction::RecvOnly));
+        for _ in 0..options.slots.max(1) {
+            if options.audio {
+                lines.push((MediaKind::Audio, Direction::RecvOnly));
+            }
+            if options.video {
+                lines.push((MediaKind::Video, Direction::RecvOnly));
+            }
         }
         let path = match &options.participant {
             Some(p) => format!("/whep/{room}?participant={p}"),

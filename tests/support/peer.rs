@@ -343,6 +343,8 @@ enum Command {
     RequestKeyframe(KeyframeRequestKind),
     /// Pause or resume; the sender is told once it is done.
     Pause(bool, Sender<()>),
+    /// The RFC 6464 audio level (-dBov, negative) on the audio written from now on.
+    AudioLevel(i8, Sender<()>),
     /// Stop (or resume) writing one simulcast layer (its index); told once done.
     PauseLayer(usize, bool, Sender<()>),
     /// Close the connection (RTCP BYE, DTLS close_notify); told once drained.
@@ -531,6 +533,14 @@ impl Peer {
 
     /// Stops (or resumes) writing media; the connection stays up. Returns once the
     /// peer thread has done it, so nothing is written after `pause(true)` returns.
+    /// Sends audio at this RFC 6464 level (-127 silence to 0 loudest) from now on.
+    pub fn set_audio_level(&self, level: i8) {
+        let (tx, rx) = mpsc::channel();
+        if self.commands.send(Command::AudioLevel(level, tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
     pub fn pause(&self, paused: bool) {
         let (tx, rx) = mpsc::channel();
         if self.commands.send(Command::Pause(paused, tx)).is_ok() {
@@ -826,6 +836,13 @@ impl Driver {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::AudioLevel(level, done) => {
+                if let Some(gen) = &mut self.gen {
+                    gen.cfg.audio_extensions.audio_level = Some(level);
+                    gen.cfg.audio_extensions.voice_activity = Some(level > -60);
+                }
+                let _ = done.send(());
+            }
             Command::Pause(p, done) => {
                 self.paused = p;
                 let _ = done.send(());

@@ -1,0 +1,134 @@
+//! A viewer's pins: the participants whose video it wants in its video slots
+//! first, whoever speaks (`router/slots.rs`).
+//!
+//! `GET {session}/pins` answers `{"pins": [...]}`; `PUT {session}/pins` with
+//! `{"pins": ["alice", "bob"]}` replaces the list (first first; `[]` unpins
+//! all) and answers it. At most [`MAX_PINS`] identities, each 1 to 64
+//! characters. Pinning somebody not (yet) in the room is allowed: the pin
+//! takes effect when they publish.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::events::viewer_session;
+use super::problem::Problem;
+use super::session::{fits_identity, read_body, require_content_type, SHARD_REPLY_TIMEOUT};
+use super::AppState;
+use crate::shard::Command;
+
+/// Participants one viewer may pin.
+pub const MAX_PINS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinsBody {
+    pins: Vec<String>,
+}
+
+/// `GET .../pins`.
+pub async fn get_pins(
+    State(state): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+) -> Response {
+    respond(ask(&state, &room, &session, None).await)
+}
+
+/// `PUT .../pins`.
+pub async fn put_pins(
+    State(state): State<Arc<AppState>>,
+    Path((room, session)): Path<(String, String)>,
+    request: Request<Body>,
+) -> Response {
+    let pins = async {
+        viewer_session(&state, &room, &session)?;
+        require_content_type(request.headers(), "application/json")?;
+        let text = read_body(request.into_body(), &state.config.http).await?;
+        let body: PinsBody = serde_json::from_str(&text)
+            .map_err(|e| Problem::bad_request(format!("the pins are not valid: {e}")))?;
+        parse(body.pins)
+    };
+    match pins.await {
+        Ok(pins) => respond(ask(&state, &room, &session, Some(pins)).await),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// The list checked: bounded, each identity well formed, no repeats.
+fn parse(pins: Vec<String>) -> Result<Vec<Arc<str>>, Problem> {
+    if pins.len() > MAX_PINS {
+        return Err(Problem::bad_request(format!(
+            "at most {MAX_PINS} participants may be pinned"
+        )));
+    }
+    let mut out: Vec<Arc<str>> = Vec::with_capacity(pins.len());
+    for pin in pins {
+        if !fits_identity(&pin) {
+            return Err(Problem::bad_request(
+                "a pinned identity is 1 to 64 characters, none of them control characters",
+            ));
+        }
+        if !out.iter().any(|p| **p == *pin) {
+            out.push(pin.into());
+        }
+    }
+    Ok(out)
+}
+
+async fn ask(
+    state: &AppState,
+    room: &str,
+    session: &str,
+    pins: Option<Vec<Arc<str>>>,
+) -> Result<Vec<Arc<str>>, Problem> {
+    let (key, shard) = viewer_session(state, room, session)?;
+    let (reply, answer) = oneshot::channel();
+    state.shards[shard].send(Command::Pins { key, pins, reply });
+    match tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer).await {
+        Ok(Ok(Some(pins))) => Ok(pins),
+        Ok(Ok(None)) | Ok(Err(_)) => Err(Problem::not_found("the session has ended")),
+        Err(_) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "the media shard did not answer in time; try again",
+        )),
+    }
+}
+
+fn respond(pins: Result<Vec<Arc<str>>, Problem>) -> Response {
+    match pins {
+        Ok(pins) => {
+            let list: Vec<&str> = pins.iter().map(|p| &**p).collect();
+            let mut response =
+                (StatusCode::OK, json!({ "pins": list }).to_string()).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_bounded_checked_and_deduplicated() {
+        let ok = parse(vec!["a".into(), "b".into(), "a".into()]).expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert!(parse(vec![String::new()]).is_err());
+        assert!(parse(vec!["x".repeat(65)]).is_err());
+        assert!(parse(vec!["a\nb".into()]).is_err());
+        assert!(parse((0..17).map(|i| i.to_string()).collect()).is_err());
+        assert!(parse(Vec::new()).is_ok_and(|p| p.is_empty()));
+    }
+}
