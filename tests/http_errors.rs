@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{Direction, MediaKind};
 use str0m::Rtc;
 use support::http::{self, expect_problem};
-use support::{flow, init_logging, offer_sdp, with_timeout, Publisher, PublisherOptions};
+use support::{flow, init_logging, offer_sdp, with_timeout};
 use switchboard::config::Config;
 use switchboard::server::Server;
 
