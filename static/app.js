@@ -605,5 +605,6 @@
   if (params.get('token')) ui.token.value = params.get('token');
   if (ui.codec && params.get('codec')) ui.codec.value = params.get('codec').toLowerCase();
   ui.mode.dispatchEvent(new Event('change'));
-  if (params.get('autostart') === '1') start();
+  // (The conference view, conference.js, starts its own.)
+  if (params.get('autostart') === '1' && params.get('view') !== 'conference') start();
 })();
