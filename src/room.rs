@@ -79,9 +79,15 @@ impl RoomEntry {
     }
 }
 
-/// A room holds `session.max_publishers_per_room` publishers already.
+/// Why a publisher seat was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomFull(pub usize);
+pub enum SeatRefused {
+    /// The room holds `session.max_publishers_per_room` publishers already.
+    RoomFull(usize),
+    /// The participant publishes in the room already, and the new session may
+    /// not replace it (its identity is not authenticated).
+    AlreadyPublishing,
+}
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -135,26 +141,33 @@ pub struct TableSizes {
 
 impl Registry {
     /// Takes a publisher seat in `room` for `key`, of `participant`. A
-    /// participant publishes once per room: its older publishing session, if
-    /// any, is returned for the caller to end (a client that reconnects replaces
-    /// its stale session at once). `Err` when the room holds `max` publishers.
+    /// participant publishes once per room: with `replace` (an authenticated
+    /// identity), its older publishing sessions lose their seats and are returned
+    /// for the caller to end (a client that reconnects replaces its stale session
+    /// at once; an offer of them still being accepted is dropped by its shard,
+    /// whose seat is gone); without, the new one is refused.
     pub fn claim_publisher(
         &self,
         room: &RoomId,
         key: PeerKey,
         participant: &Arc<str>,
         max: usize,
-    ) -> Result<Option<PeerKey>, RoomFull> {
+        replace: bool,
+    ) -> Result<Vec<PeerKey>, SeatRefused> {
         let mut entry = self.rooms.entry(room.clone()).or_default();
-        let replaced = entry
+        let older: Vec<PeerKey> = entry
             .publishers
             .iter()
-            .find(|p| p.participant == *participant)
-            .map(|p| p.key);
-        let others = entry.publishers.len() - usize::from(replaced.is_some());
-        if others >= max {
-            return Err(RoomFull(max));
+            .filter(|p| p.participant == *participant)
+            .map(|p| p.key)
+            .collect();
+        if !older.is_empty() && !replace {
+            return Err(SeatRefused::AlreadyPublishing);
         }
+        if entry.publishers.len() - older.len() >= max {
+            return Err(SeatRefused::RoomFull(max));
+        }
+        entry.publishers.retain(|p| p.participant != *participant);
         entry.publishers.push(PublisherSeat {
             key,
             participant: Arc::clone(participant),
@@ -162,7 +175,7 @@ impl Registry {
             simulcast: false,
             live: false,
         });
-        Ok(replaced)
+        Ok(older)
     }
 
     /// What publisher `key` of `room` sends: its video codec, and whether in layers.
@@ -554,24 +567,36 @@ mod tests {
         let room: RoomId = "a".into();
         let (alice, bob, carol): (Arc<str>, Arc<str>, Arc<str>) =
             ("alice".into(), "bob".into(), "carol".into());
-        assert_eq!(reg.claim_publisher(&room, PeerKey(1), &alice, 2), Ok(None));
-        assert_eq!(reg.claim_publisher(&room, PeerKey(2), &bob, 2), Ok(None));
         assert_eq!(
-            reg.claim_publisher(&room, PeerKey(3), &carol, 2),
-            Err(RoomFull(2))
+            reg.claim_publisher(&room, PeerKey(1), &alice, 2, true),
+            Ok(vec![])
         );
-        // Alice again: her older session is to be ended; the cap still holds.
         assert_eq!(
-            reg.claim_publisher(&room, PeerKey(4), &alice, 2),
-            Ok(Some(PeerKey(1)))
+            reg.claim_publisher(&room, PeerKey(2), &bob, 2, true),
+            Ok(vec![])
         );
-        reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
-        reg.remove_session(PeerKey(1), &room, Role::Publisher);
+        assert_eq!(
+            reg.claim_publisher(&room, PeerKey(3), &carol, 2, true),
+            Err(SeatRefused::RoomFull(2))
+        );
+        // Alice again, unauthenticated: refused; authenticated: her old seat goes.
+        assert_eq!(
+            reg.claim_publisher(&room, PeerKey(4), &alice, 2, false),
+            Err(SeatRefused::AlreadyPublishing)
+        );
+        assert_eq!(
+            reg.claim_publisher(&room, PeerKey(4), &alice, 2, true),
+            Ok(vec![PeerKey(1)])
+        );
         let seats: Vec<PeerKey> = reg
             .room("a")
             .map(|r| r.publishers.iter().map(|p| p.key).collect())
             .unwrap_or_default();
         assert_eq!(seats, vec![PeerKey(2), PeerKey(4)]);
+        // The old session ending later takes nothing of the new one's.
+        reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
+        reg.remove_session(PeerKey(1), &room, Role::Publisher);
+        assert!(reg.room("a").is_some_and(|r| r.has_publisher(PeerKey(4))));
         reg.set_publisher_media(&room, PeerKey(4), Some(str0m::format::Codec::H264), true);
         let r = reg.room("a").expect("room");
         assert_eq!(r.video_codec(), Some(str0m::format::Codec::H264));
@@ -597,7 +622,7 @@ mod tests {
         let reg = Registry::default();
         let room: RoomId = "gone".into();
         let p: Arc<str> = "p".into();
-        reg.claim_publisher(&room, PeerKey(1), &p, 8).unwrap();
+        reg.claim_publisher(&room, PeerKey(1), &p, 8, true).unwrap();
         reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
         reg.set_live(&room, PeerKey(1));
         reg.remove_session(PeerKey(1), &room, Role::Publisher);
@@ -611,7 +636,7 @@ mod tests {
         let reg = Arc::new(Registry::default());
         let room: RoomId = "r".into();
         let p: Arc<str> = "p".into();
-        reg.claim_publisher(&room, PeerKey(1), &p, 8).unwrap();
+        reg.claim_publisher(&room, PeerKey(1), &p, 8, true).unwrap();
         reg.add_session(PeerKey(1), entry(&room, Role::Publisher));
         reg.add_session(PeerKey(2), entry(&room, Role::Viewer));
         // Live before anyone watched: no channel yet, but the state is kept.

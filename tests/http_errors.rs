@@ -249,56 +249,106 @@ async fn unknown_session_is_404() {
 async fn a_full_room_is_409_and_a_participant_publishing_again_replaces_itself() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
+        const SECRET: &str = "a test secret of at least 32 bytes!";
         let mut config = Config::for_tests();
         config.session.max_publishers_per_room = 2;
+        config.auth.enabled = true;
+        config.auth.hs256_secret = SECRET.into();
         let server = flow::start_server(config).await;
         let addr = server.http_addr();
-        let post = |path: &'static str| {
-            http::post(addr, path, "application/sdp", support::publisher_offer())
-        };
-        let alice = post("/whip/busy?participant=alice").await.expect("POST");
-        assert_eq!(alice.status, 201, "{:?}", alice.body);
-        let bob = post("/whip/busy?participant=bob").await.expect("POST");
-        assert_eq!(bob.status, 201, "{:?}", bob.body);
-        let carol = post("/whip/busy?participant=carol").await.expect("POST");
-        expect_problem(&carol, 409).expect("a third publisher in a room of two");
-        // Alice again (a reconnect): her new session replaces the old one, which ends.
-        let again = post("/whip/busy?participant=alice").await.expect("POST");
-        assert_eq!(again.status, 201, "{:?}", again.body);
-        // The old session ends: the room lists Bob, then Alice's new session.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let shown = http::request(
-                reqwest::Method::GET,
-                &http::url(addr, "/rooms/busy"),
-                &[],
-                None,
+        let token = |sub: &str| {
+            switchboard::auth::mint_hs256(
+                SECRET,
+                &switchboard::auth::Claims {
+                    sub: sub.into(),
+                    name: None,
+                    room: "*".into(),
+                    publish: true,
+                    subscribe: false,
+                    data: false,
+                    admin: sub == "ops",
+                    exp: switchboard::auth::expiry_in(Duration::from_secs(600)),
+                },
             )
-            .await
-            .expect("GET");
-            let shown: serde_json::Value = serde_json::from_str(&shown.body).expect("json");
-            let publishers: Vec<String> = shown["publishers"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| p["identity"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if publishers == ["bob", "alice"] {
-                break;
+            .expect("mint")
+        };
+        let post = |sub: &str, path: &'static str| {
+            let token = token(sub);
+            async move {
+                http::request_with_token(
+                    reqwest::Method::POST,
+                    &http::url(addr, path),
+                    Some(&token),
+                    Some(("application/sdp", support::publisher_offer().into_bytes())),
+                )
+                .await
+                .expect("POST")
             }
-            assert!(std::time::Instant::now() < deadline, "publishers: {shown}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let alice = post("alice", "/whip/busy").await;
+        assert_eq!(alice.status, 201, "{:?}", alice.body);
+        let bob = post("bob", "/whip/busy").await;
+        assert_eq!(bob.status, 201, "{:?}", bob.body);
+        let carol = post("carol", "/whip/busy").await;
+        expect_problem(&carol, 409).expect("a third publisher in a room of two");
+        // Alice again (a reconnect, her token): the new session replaces the old one.
+        let again = post("alice", "/whip/busy").await;
+        assert_eq!(again.status, 201, "{:?}", again.body);
+        // Her old session ends: two sessions are left, Bob's and her new one,
+        // and the room lists them in the order they joined.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.session_count() != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sessions: {}",
+                server.session_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Its resource says it was ended by the server.
-        let old = http::delete(addr, alice.header("location"))
-            .await
-            .expect("DELETE");
-        assert_eq!(old.status, 200, "{:?}", old.body);
+        let shown = http::request_with_token(
+            reqwest::Method::GET,
+            &http::url(addr, "/rooms/busy"),
+            Some(&token("ops")),
+            None,
+        )
+        .await
+        .expect("GET");
+        let shown: serde_json::Value = serde_json::from_str(&shown.body).expect("json");
+        let publishers: Vec<&str> = shown["publishers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["identity"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(publishers, ["bob", "alice"], "{shown}");
         // Another room is free.
-        let other = post("/whip/not-busy").await.expect("POST");
+        let other = post("carol", "/whip/not-busy").await;
         assert_eq!(other.status, 201, "{:?}", other.body);
+        server.shutdown().await;
+    })
+    .await;
+}
+
+/// Without auth, `?participant=` is only a claim: it cannot end somebody's
+/// publishing session. A second WHIP session of that identity is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_identity_cannot_replace_a_publisher() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = server().await;
+        let addr = server.http_addr();
+        let post = || {
+            http::post(
+                addr,
+                "/whip/claimed?participant=alice",
+                "application/sdp",
+                support::publisher_offer(),
+            )
+        };
+        let first = post().await.expect("POST");
+        assert_eq!(first.status, 201, "{:?}", first.body);
+        let second = post().await.expect("POST");
+        expect_problem(&second, 409).expect("alice publishes already");
+        assert!(second.body.contains("already publishes"), "{}", second.body);
+        assert_eq!(server.session_count(), 1);
         server.shutdown().await;
     })
     .await;

@@ -105,6 +105,8 @@ struct Watch {
     participants: BTreeMap<Arc<str>, Option<Arc<str>>>,
     /// `draining` was sent.
     told_draining: bool,
+    /// When the room and the viewer's layers are next looked at.
+    next_poll: tokio::time::Instant,
     first: bool,
 }
 
@@ -130,6 +132,7 @@ fn events(
         last_count: None,
         participants: BTreeMap::new(),
         told_draining: false,
+        next_poll: tokio::time::Instant::now() + POLL,
         first: true,
     };
     stream::unfold(watch, |mut w| async move {
@@ -166,7 +169,9 @@ fn events(
                     }
                     w.read_news();
                 }
-                _ = tokio::time::sleep(POLL) => {
+                // A deadline kept across turns: frequent news cannot starve the poll.
+                _ = tokio::time::sleep_until(w.next_poll) => {
+                    w.next_poll = tokio::time::Instant::now() + POLL;
                     // The stream ends with the session.
                     w.state.registry.session(w.key)?;
                     w.poll().await;

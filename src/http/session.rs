@@ -21,7 +21,7 @@ use super::{sdpfrag, AppState};
 use crate::config::HttpConfig;
 use crate::metrics::client_family;
 use crate::peer::{offer, AcceptError, Participant, PeerKey, Role};
-use crate::room::{CapReached, SessionCaps, SessionEntry};
+use crate::room::{CapReached, SeatRefused, SessionCaps, SessionEntry};
 use crate::router::slots::ViewerNews;
 use crate::router::RoomId;
 use crate::shard::{AcceptRequest, Command, PatchOutcome, DELETED_BY_CLIENT};
@@ -245,6 +245,7 @@ async fn create_session(
     // The token's identity when auth is on; else the one asked for; else the
     // session's own.
     let data_only_token = token.as_ref().is_some_and(|c| !c.subscribe);
+    let authenticated = token.is_some();
     let (identity, name, may_send_data) = match (token, asked) {
         (Some(claims), _) => (claims.sub, claims.name, claims.data),
         (None, Some((identity, name))) => (identity, name, true),
@@ -310,25 +311,32 @@ async fn create_session(
             .map(|r| (r.video_codec(), r.any_simulcast()))
             .unwrap_or((None, false)),
     };
+    // A participant publishes once per room. An authenticated identity (a token's)
+    // replaces its older session, as a reconnecting client needs; a claimed one
+    // (`?participant=`) cannot end somebody else's session: 409.
     let replaces = match role {
         Role::Publisher => {
             let max = state.config.session.max_publishers_per_room;
+            let replace = authenticated;
             state
                 .registry
-                .claim_publisher(&room, key, &participant.identity, max)
-                .map_err(|full| {
-                    Problem::new(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        format!(
-                            "room `{room}` holds its maximum of {} publishers \
-                             (session.max_publishers_per_room); one must leave first",
-                            full.0
+                .claim_publisher(&room, key, &participant.identity, max, replace)
+                .map_err(|refused| {
+                    let detail = match refused {
+                        SeatRefused::RoomFull(max) => format!(
+                            "room `{room}` holds its maximum of {max} publishers \
+                             (session.max_publishers_per_room); one must leave first"
                         ),
-                    )
+                        SeatRefused::AlreadyPublishing => format!(
+                            "participant `{}` already publishes in room `{room}`; DELETE that \
+                             session first (with a token, a new session replaces it)",
+                            participant.identity
+                        ),
+                    };
+                    Problem::new(StatusCode::CONFLICT, "Conflict", detail)
                 })?
         }
-        Role::Viewer => None,
+        Role::Viewer => Vec::new(),
     };
     let shard = state.next_shard.fetch_add(1, Ordering::Relaxed) % state.shards.len();
     let (reply, answer) = oneshot::channel();
@@ -407,8 +415,9 @@ async fn create_session(
     }
     pending.created = true;
     tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = %participant.identity, "session created");
-    if let Some(old) = replaces {
+    for old in replaces {
         // The participant published again (a reconnect): its old session goes.
+        // One still being accepted is dropped by its shard (its seat is gone).
         if let Some(entry) = state.registry.session(old) {
             tracing::info!(session = %old, room = %room, participant = %participant.identity, "publisher replaced by the participant's new session");
             state.shards[entry.shard].send(Command::End {

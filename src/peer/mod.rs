@@ -81,8 +81,8 @@ pub struct Participant {
 #[derive(Debug)]
 enum Queued {
     Packet(std::sync::Arc<MediaPacket>, Option<Squeeze>),
-    /// Restart the video slot on the next keyframe (a replay was cut short).
-    Restart,
+    /// Restart the slot of this track on its next keyframe (a replay was cut short).
+    Restart(u64),
 }
 
 /// Settings shared by every peer a shard creates.
@@ -116,8 +116,9 @@ pub struct Peer {
     pub ufrag: String,
     /// Waiting in the shard's list of peers to drain.
     pub queued: bool,
-    /// When this viewer last asked its publisher for a keyframe.
-    pub keyframe_asked: Option<Instant>,
+    /// When this viewer last asked each publisher for a keyframe (one entry per
+    /// publisher it shows, at most: see [`Peer::may_ask_keyframe`]).
+    keyframe_asked: Vec<(PeerKey, Instant)>,
     /// The client's ICE username fragment (from its offer, or its last restart).
     pub remote_ufrag: String,
     /// Remote candidates given so far (offer and PATCHes), capped at
@@ -128,9 +129,9 @@ pub struct Peer {
     /// Test builds: the next forwarded packet panics inside the write path.
     #[cfg(feature = "fault-injection")]
     pub panic_on_write: bool,
-    /// Live video waits while the keyframe cache is on its way from another shard
-    /// (the cache covers it).
-    pub awaiting_replay: bool,
+    /// Live video of this track (of every track: `Some(None)`) waits while its
+    /// keyframe cache is on its way from another shard (the cache covers it).
+    pub awaiting_replay: Option<Option<u64>>,
     /// Video still to write, paced: the keyframe cache, then the live packets
     /// that arrived while it was going out (they follow it, in order).
     replay_queue: std::collections::VecDeque<Queued>,
@@ -176,6 +177,9 @@ impl Peer {
         if let Some(why) = offer::nothing_usable(&offered, role == Role::Publisher) {
             return Err(AcceptError::Unusable(why));
         }
+        if let Some(why) = offer::too_many_lines(&offered) {
+            return Err(AcceptError::Unusable(why));
+        }
         let candidates = count_candidates(offer_text);
         if candidates > MAX_REMOTE_CANDIDATES {
             return Err(AcceptError::Unusable(format!(
@@ -213,13 +217,13 @@ impl Peer {
             next_timeout: None,
             ufrag: credentials.ufrag,
             queued: false,
-            keyframe_asked: None,
+            keyframe_asked: Vec::new(),
             failed: None,
             #[cfg(feature = "fault-injection")]
             panic_on_write: false,
             remote_ufrag: offer::first_ice_ufrag(offer_text).unwrap_or_default(),
             remote_candidates: candidates,
-            awaiting_replay: false,
+            awaiting_replay: None,
             replay_queue: std::collections::VecDeque::new(),
             last_written_ts: None,
             first_video_at: None,
@@ -508,10 +512,46 @@ impl Peer {
         .unwrap_or(WriteOutcome::Skipped)
     }
 
-    /// Queues the keyframe cache for a viewer that just connected; it goes out
-    /// paced by [`Peer::pace_replay`], live video queued behind it.
+    /// Whether this viewer may ask `publisher` for a keyframe now (at most once
+    /// per `interval` each); if so, the ask is noted.
+    pub fn may_ask_keyframe(
+        &mut self,
+        publisher: PeerKey,
+        now: Instant,
+        interval: Duration,
+    ) -> bool {
+        match self
+            .keyframe_asked
+            .iter_mut()
+            .find(|(p, _)| *p == publisher)
+        {
+            Some((_, at)) if now.saturating_duration_since(*at) < interval => false,
+            Some((_, at)) => {
+                *at = now;
+                true
+            }
+            None => {
+                // Bounded by the publishers it shows: those gone are forgotten.
+                if self.keyframe_asked.len() >= MAX_KEYFRAME_ASKS {
+                    self.keyframe_asked.remove(0);
+                }
+                self.keyframe_asked.push((publisher, now));
+                true
+            }
+        }
+    }
+
+    /// Live video of `track` waits for a replay on its way.
+    pub fn awaits_replay_of(&self, track: u64) -> bool {
+        self.awaiting_replay
+            .is_some_and(|t| t.is_none_or(|t| t == track))
+    }
+
+    /// Queues the keyframe cache for a viewer that just connected (or switches
+    /// layers); it goes out paced by [`Peer::pace_replay`], the live packets of
+    /// its track queued behind it.
     pub fn start_replay(&mut self, packets: &[std::sync::Arc<MediaPacket>]) {
-        self.awaiting_replay = false;
+        self.awaiting_replay = None;
         self.replay_queue.extend(
             viewer::plan_replay(packets)
                 .into_iter()
@@ -519,20 +559,37 @@ impl Peer {
         );
     }
 
-    /// A replay is going out: live video must queue behind it.
+    /// A replay is going out.
     pub fn is_replaying(&self) -> bool {
         !self.replay_queue.is_empty()
     }
 
-    /// Live video that arrives during a replay. A new keyframe makes what is
+    /// Whether a live packet of `track` must queue behind the replay going out
+    /// (other tracks are written live).
+    pub fn replays_track(&self, track: u64) -> bool {
+        let replayed = self.replay_queue.front().map(|q| match q {
+            Queued::Packet(p, _) => p.track,
+            Queued::Restart(track) => *track,
+        });
+        replayed == Some(track)
+    }
+
+    /// Live video of the track being replayed. A new keyframe makes what is
     /// still queued pointless: it is dropped and the stream restarts on the
-    /// keyframe, numbering continuous (the publisher answered our PLI).
+    /// keyframe, numbering continuous (the publisher answered our PLI). A queue
+    /// that outgrows [`MAX_REPLAY_QUEUE`] (the replay cannot keep up) is dropped
+    /// and the track's slot starts again on its next keyframe.
     pub fn queue_behind_replay(&mut self, packet: &std::sync::Arc<MediaPacket>) {
+        if self.replay_queue.len() >= MAX_REPLAY_QUEUE {
+            self.replay_queue.clear();
+            self.viewer.restart_track(packet.track);
+            return;
+        }
         // Only a keyframe of what is being replayed (another simulcast layer's
         // keyframe says nothing about this one).
         let replayed = self.replay_queue.iter().find_map(|q| match q {
             Queued::Packet(p, _) => Some((p.track, p.layer)),
-            Queued::Restart => None,
+            Queued::Restart(_) => None,
         });
         if packet.keyframe && replayed.is_none_or(|r| r == (packet.track, packet.layer)) {
             // Finish the picture being written (a decoder cannot use half of
@@ -546,7 +603,7 @@ impl Peer {
                 )
                 .count();
             self.replay_queue.truncate(finishing);
-            self.replay_queue.push_back(Queued::Restart);
+            self.replay_queue.push_back(Queued::Restart(packet.track));
         }
         self.replay_queue
             .push_back(Queued::Packet(std::sync::Arc::clone(packet), None));
@@ -558,7 +615,7 @@ impl Peer {
         for _ in 0..budget {
             match self.replay_queue.pop_front() {
                 None => break,
-                Some(Queued::Restart) => self.viewer.restart_video(),
+                Some(Queued::Restart(track)) => self.viewer.restart_track(track),
                 Some(Queued::Packet(packet, squeeze)) => {
                     if self.write_guarded(&packet, squeeze) == WriteOutcome::Written {
                         self.last_written_ts = Some(packet.timestamp);
@@ -578,10 +635,11 @@ impl Peer {
         if self
             .replay_queue
             .iter()
-            .all(|q| matches!(q, Queued::Restart))
+            .all(|q| matches!(q, Queued::Restart(_)))
         {
             self.replay_queue.clear();
         }
+        self.keyframe_asked.retain(|(p, _)| *p != key);
     }
 
     /// Gives the viewer's slots to the room's tracks; tells its events stream
@@ -630,6 +688,14 @@ impl Peer {
         None
     }
 }
+
+/// Live packets queued behind a replay at most (about 2 s of a 10 Mbit/s track):
+/// past it the replay cannot keep up and is dropped.
+const MAX_REPLAY_QUEUE: usize = 2048;
+
+/// Publishers a viewer's keyframe requests are remembered for (more than it
+/// can show at once).
+const MAX_KEYFRAME_ASKS: usize = 2 * offer::MAX_SLOTS_PER_KIND;
 
 /// Remote ICE candidates one session may give (offer and trickle together).
 /// Real clients give a handful; each one is a destination of our checks.

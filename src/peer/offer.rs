@@ -34,6 +34,24 @@ impl OfferedMedia {
     }
 }
 
+/// Audio, and video, m-lines one offer may have: a viewer's slots of each kind,
+/// a publisher's tracks. Each slot costs a viewer work on every packet of its
+/// room, so a hostile offer cannot ask for hundreds.
+pub const MAX_SLOTS_PER_KIND: usize = 16;
+
+/// Why an offer has too many audio or video m-lines, if it has.
+pub fn too_many_lines(media: &[OfferedMedia]) -> Option<String> {
+    ["audio", "video"].iter().find_map(|kind| {
+        let lines = media
+            .iter()
+            .filter(|m| m.kind == *kind && !m.rejected)
+            .count();
+        (lines > MAX_SLOTS_PER_KIND).then(|| {
+            format!("the offer has {lines} {kind} m-lines; at most {MAX_SLOTS_PER_KIND} are taken")
+        })
+    })
+}
+
 /// The codecs Switchboard forwards, by `a=rtpmap` name.
 pub const FORWARDED_CODECS: &[&str] = &["OPUS", "VP8", "VP9", "H264", "H265", "AV1"];
 
@@ -283,6 +301,24 @@ mod tests {
     const OBS: &str = "v=0\r\no=rtc 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 H264/90000\r\n";
+
+    #[test]
+    fn an_offer_may_ask_for_a_bounded_number_of_slots() {
+        let lines = |n: usize, kind: &str| {
+            let mut sdp = String::from("v=0\r\no=- 1 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n");
+            for i in 0..n {
+                sdp.push_str(&format!(
+                    "m={kind} 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:{i}\r\na=recvonly\r\na=rtpmap:96 VP8/90000\r\n"
+                ));
+            }
+            summarize(&sdp)
+        };
+        assert_eq!(too_many_lines(&lines(MAX_SLOTS_PER_KIND, "video")), None);
+        let why = too_many_lines(&lines(MAX_SLOTS_PER_KIND + 1, "video")).expect("too many");
+        assert!(why.contains("17 video m-lines"), "{why}");
+        assert!(too_many_lines(&lines(500, "audio")).is_some());
+        assert_eq!(too_many_lines(&[]), None);
+    }
 
     #[test]
     fn reads_kinds_mids_directions_and_codecs() {

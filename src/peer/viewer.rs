@@ -41,6 +41,8 @@ pub struct ViewerSide {
     source_switches: u32,
     /// The participants it pinned (the WHEP pin API): their video first.
     pins: Vec<Arc<str>>,
+    /// Video slots given a track: the viewer's estimate is shared among them.
+    video_shown: u64,
 }
 
 /// What the viewer's audio is reckoned to take of its bandwidth estimate.
@@ -177,10 +179,10 @@ impl ViewerSide {
         !self.slots.is_empty()
     }
 
-    /// Video slots restart on the next keyframe of their source, numbering
+    /// The slot showing `track` restarts on its next keyframe, numbering
     /// continuous, as on a source switch.
-    pub fn restart_video(&mut self) {
-        for slot in self.slots.iter_mut().filter(|s| s.kind == MediaKind::Video) {
+    pub fn restart_track(&mut self, track: u64) {
+        for slot in self.slots.iter_mut().filter(|s| s.shows(track)) {
             if let Some(f) = &mut slot.forwarder {
                 f.clear_source();
             }
@@ -225,6 +227,11 @@ impl ViewerSide {
                 changed |= slot.assign(track);
             }
         }
+        self.video_shown = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video && s.wanted().is_some())
+            .count() as u64;
         changed
     }
 
@@ -377,12 +384,7 @@ impl ViewerSide {
         squeeze: Option<Squeeze>,
     ) -> WriteOutcome {
         // The video slots share the viewer's estimate: each simulcast choice gets its part.
-        let video_shown = self
-            .slots
-            .iter()
-            .filter(|s| s.kind == MediaKind::Video && s.shown.is_some())
-            .count()
-            .max(1) as u64;
+        let video_shown = self.video_shown.max(1);
         // The slot that shows the packet's track, or is moving to it.
         let Some(slot) = self
             .slots

@@ -50,6 +50,19 @@ pub struct Source {
     pending_loudness: (f32, u32),
 }
 
+/// What one packet told about its track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// A track already known and running.
+    Known,
+    /// A new track: the slots must be given out again before it is forwarded.
+    New,
+    /// A muted track has media again: slots and events must hear of it.
+    Unmuted,
+    /// A packet of a publisher the room does not have (any more): dropped.
+    Stray,
+}
+
 /// What a tick found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TickOutcome {
@@ -80,8 +93,9 @@ pub fn loudness(level: i8) -> f32 {
 }
 
 impl RoomSources {
-    /// Notes one packet of `track`. True if the track is new or was muted: the
-    /// slots must be looked at again before it is forwarded.
+    /// Notes one packet of `track`: what changed. A track of a publisher this
+    /// shard was not told of (one whose late packets follow its leaving) is not
+    /// learnt: it would never be forgotten.
     pub fn observe(
         &mut self,
         track: u64,
@@ -90,33 +104,51 @@ impl RoomSources {
         kind: MediaKind,
         audio_level: Option<i8>,
         at: Instant,
-    ) -> bool {
+    ) -> Observed {
         if let Some(s) = self.sources.iter_mut().find(|s| s.track == track) {
             s.last_packet = s.last_packet.max(at);
             if let Some(level) = audio_level {
                 s.pending_loudness.0 += loudness(level);
                 s.pending_loudness.1 += 1;
             }
-            return std::mem::take(&mut s.muted);
+            return if std::mem::take(&mut s.muted) {
+                Observed::Unmuted
+            } else {
+                Observed::Known
+            };
         }
+        self.learn(track, publisher, participant, kind, at)
+    }
+
+    /// Learns a track from a replayed (older) packet: only an unknown one is
+    /// added; a known one's state is left as it is.
+    pub fn learn(
+        &mut self,
+        track: u64,
+        publisher: PeerKey,
+        participant: &Arc<str>,
+        kind: MediaKind,
+        at: Instant,
+    ) -> Observed {
+        if self.sources.iter().any(|s| s.track == track) {
+            return Observed::Known;
+        }
+        let Some(rank) = self.joined.iter().position(|p| *p == publisher) else {
+            return Observed::Stray;
+        };
         self.next_order += 1;
-        let rank = self
-            .joined
-            .iter()
-            .position(|p| *p == publisher)
-            .unwrap_or(self.joined.len()) as u64;
         self.sources.push(Source {
             track,
             publisher,
             participant: Arc::clone(participant),
             kind,
-            order: (rank << 32) | self.next_order,
+            order: ((rank as u64) << 32) | self.next_order,
             last_packet: at,
             muted: false,
             loudness: 0.0,
             pending_loudness: (0.0, 0),
         });
-        true
+        Observed::New
     }
 
     /// A publisher joined the room: its tracks rank after those who joined before.
@@ -244,6 +276,9 @@ mod tests {
 
     /// `ticks` ticks during which `levels` (track, -dBov) arrive every 20 ms.
     fn speak(sources: &mut RoomSources, at: &mut Instant, levels: &[(u64, i8)], ticks: u32) {
+        for (track, _) in levels {
+            sources.publisher_joined(PeerKey(*track));
+        }
         for _ in 0..ticks {
             for _ in 0..10 {
                 *at += Duration::from_millis(20);
@@ -267,15 +302,32 @@ mod tests {
     fn a_new_track_and_an_unmuted_one_ask_for_a_new_assignment() {
         let (mut s, mut at) = room();
         let p: Arc<str> = "a".into();
-        assert!(s.observe(1, PeerKey(1), &p, MediaKind::Video, None, at));
-        assert!(!s.observe(1, PeerKey(1), &p, MediaKind::Video, None, at));
+        let video =
+            |s: &mut RoomSources, at| s.observe(1, PeerKey(1), &p, MediaKind::Video, None, at);
+        assert_eq!(
+            video(&mut s, at),
+            Observed::Stray,
+            "a publisher nobody announced"
+        );
+        s.publisher_joined(PeerKey(1));
+        assert_eq!(video(&mut s, at), Observed::New);
+        assert_eq!(video(&mut s, at), Observed::Known);
         at += MUTED_AFTER + Duration::from_millis(1);
         assert!(s.tick(at).changed, "silence mutes it");
         assert!(s.get(1).is_some_and(|t| t.muted));
         assert!(!s.tick(at).changed, "once");
-        assert!(s.observe(1, PeerKey(1), &p, MediaKind::Video, None, at));
+        // A replayed packet says nothing about now: still muted.
+        assert_eq!(
+            s.learn(1, PeerKey(1), &p, MediaKind::Video, at),
+            Observed::Known
+        );
+        assert!(s.get(1).is_some_and(|t| t.muted));
+        assert_eq!(video(&mut s, at), Observed::Unmuted);
         assert!(s.get(1).is_some_and(|t| !t.muted));
         assert!(s.remove_publisher(PeerKey(1)));
+        assert!(s.is_empty());
+        // Its late packets do not bring it back.
+        assert_eq!(video(&mut s, at), Observed::Stray);
         assert!(s.is_empty());
     }
 
@@ -310,6 +362,7 @@ mod tests {
         let (mut s, at) = room();
         s.publisher_joined(PeerKey(1));
         s.publisher_joined(PeerKey(2));
+        s.publisher_joined(PeerKey(1)); // announced again: keeps its place
         let p: Arc<str> = "p".into();
         s.observe(20, PeerKey(2), &p, MediaKind::Video, None, at);
         s.observe(10, PeerKey(1), &p, MediaKind::Video, None, at);
@@ -322,6 +375,7 @@ mod tests {
         let (mut s, mut at) = room();
         speak(&mut s, &mut at, &[(1, -127)], 5);
         let p: Arc<str> = "p1".into();
+        assert_eq!(s.get(1).map(|t| &*t.participant), Some("p1"));
         at += Duration::from_millis(20);
         s.observe(1, PeerKey(1), &p, MediaKind::Audio, Some(0), at);
         for _ in 0..9 {

@@ -404,7 +404,7 @@ impl ShardLoop {
         if let Some(peer) = peer {
             let _ = catch_unwind(AssertUnwindSafe(|| match peer.role {
                 Role::Publisher => {
-                    self.router.publisher_left(&peer.room, key);
+                    self.publisher_left_here(&peer.room, key);
                     let room = peer.room.clone();
                     self.tell_others(|| Command::PublisherLeft {
                         room: room.clone(),
@@ -623,9 +623,20 @@ impl ShardLoop {
                 let packets = self
                     .router
                     .gop_snapshot(&room, track, &participant, estimate, now);
-                // A fresh keyframe keeps the cache, and so later replays, short.
-                if let Some(first) = packets.first() {
-                    self.request_keyframe_here(&room, first.publisher, None, now);
+                // A fresh keyframe keeps the cache, and so later replays, short;
+                // without a cache it is what the viewer starts on.
+                let publishers: Vec<PeerKey> = match (packets.first(), track) {
+                    (Some(first), _) => vec![first.publisher],
+                    (None, Some(track)) => self
+                        .router
+                        .room(&room)
+                        .and_then(|r| r.sources.publisher_of(track))
+                        .into_iter()
+                        .collect(),
+                    (None, None) => self.local_publishers_but(&room, &participant),
+                };
+                for publisher in publishers {
+                    self.request_keyframe_here(&room, publisher, None, now);
                 }
                 if let Some(handle) = self.shards.get(shard) {
                     handle.send(Command::Replay { viewer, packets });
@@ -654,14 +665,10 @@ impl ShardLoop {
                     let mut learnt = false;
                     if let Some(r) = self.router.room_mut(&room) {
                         for p in &packets {
-                            learnt |= r.sources.observe(
-                                p.track,
-                                p.publisher,
-                                &p.participant,
-                                p.kind,
-                                None,
-                                now,
-                            );
+                            learnt |=
+                                r.sources
+                                    .learn(p.track, p.publisher, &p.participant, p.kind, now)
+                                    == sources::Observed::New;
                         }
                     }
                     if learnt {
@@ -867,6 +874,8 @@ impl ShardLoop {
         match peer.role {
             Role::Publisher => {
                 self.publisher_left_here(&room, key);
+                // Its last packets go first: other shards hear of its leaving after them.
+                self.flush_outbox();
                 self.tell_others(|| Command::PublisherLeft {
                     room: room.clone(),
                     key,
@@ -1009,20 +1018,18 @@ impl ShardLoop {
                 let wanted = self
                     .peers
                     .get(&key)
-                    .filter(|p| {
-                        p.keyframe_asked
-                            .is_none_or(|at| now.saturating_duration_since(at) >= interval)
-                    })
                     .and_then(|p| Some((p.room.clone(), p.viewer.forwarded_on(mid)?)));
                 if let Some((room, layer)) = wanted {
                     let publisher = self
                         .router
                         .room(&room)
                         .and_then(|r| r.sources.publisher_of(layer.0));
-                    if let Some(publisher) = publisher {
-                        if let Some(peer) = self.peers.get_mut(&key) {
-                            peer.keyframe_asked = Some(now);
-                        }
+                    let asked = publisher.filter(|publisher| {
+                        self.peers
+                            .get_mut(&key)
+                            .is_some_and(|p| p.may_ask_keyframe(*publisher, now, interval))
+                    });
+                    if let Some(publisher) = asked {
                         self.request_keyframe_from(&room, publisher, Some(layer), now);
                     }
                 }
@@ -1087,7 +1094,7 @@ impl ShardLoop {
             return;
         };
         let level = packet.extensions.audio_level.map(|(level, _)| level);
-        let new_source = room.sources.observe(
+        let observed = room.sources.observe(
             packet.track,
             packet.publisher,
             &packet.participant,
@@ -1095,10 +1102,15 @@ impl ShardLoop {
             level,
             packet.arrival,
         );
-        if new_source {
-            // A track appeared (or came back): the slots are given out again
-            // before its first packet is written.
-            self.assign_slots(&packet.room);
+        match observed {
+            sources::Observed::Known => {}
+            // A late packet of a publisher that left: its track must not come back.
+            sources::Observed::Stray => return,
+            // A track appeared: the slots are given out again before its first
+            // packet is written.
+            sources::Observed::New => self.assign_slots(&packet.room),
+            // A track came back: slots, and every viewer's events, hear of it.
+            sources::Observed::Unmuted => self.sources_changed(&packet.room),
         }
         let Some(room) = self.router.room(&packet.room) else {
             return;
@@ -1114,10 +1126,10 @@ impl ShardLoop {
                 continue;
             }
             if packet.kind == MediaKind::Video {
-                if peer.awaiting_replay {
+                if peer.awaits_replay_of(packet.track) {
                     continue; // the cache on its way covers it
                 }
-                if peer.is_replaying() {
+                if peer.replays_track(packet.track) {
                     peer.queue_behind_replay(packet);
                     continue;
                 }
@@ -1144,11 +1156,7 @@ impl ShardLoop {
                 }
                 WriteOutcome::NeedsKeyframe => {
                     let interval = self.keyframe_request_interval;
-                    if peer
-                        .keyframe_asked
-                        .is_none_or(|at| now.saturating_duration_since(at) >= interval)
-                    {
-                        peer.keyframe_asked = Some(now);
+                    if peer.may_ask_keyframe(packet.publisher, now, interval) {
                         wants_keyframe = true;
                     }
                 }
@@ -1178,6 +1186,36 @@ impl ShardLoop {
                 peer.assign_slots(&r.sources);
             }
         }
+    }
+
+    /// The room's tracks changed (one came back): slots are given out again and
+    /// every viewer's events hear of it.
+    fn sources_changed(&mut self, room: &str) {
+        let Some(r) = self.router.room(room) else {
+            return;
+        };
+        for key in &r.viewers {
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.assign_slots(&r.sources);
+                peer.tell_news(&r.sources);
+            }
+        }
+    }
+
+    /// The room's publishers on this shard but those of `participant`.
+    fn local_publishers_but(&self, room: &str, participant: &str) -> Vec<PeerKey> {
+        let Some(r) = self.router.room(room) else {
+            return Vec::new();
+        };
+        r.local_publishers
+            .iter()
+            .copied()
+            .filter(|key| {
+                self.peers
+                    .get(key)
+                    .is_some_and(|p| *p.participant.identity != *participant)
+            })
+            .collect()
     }
 
     /// Every [`sources::TICK`]: the rooms' loudness, muted tracks and speakers
@@ -1235,11 +1273,15 @@ impl ShardLoop {
             tracing::debug!(session = %key, "no publisher yet");
             return;
         };
-        let first_video = self.peers.get_mut(&key).and_then(|peer| {
-            peer.assign_slots(&r.sources);
-            peer.tell_news(&r.sources);
-            peer.viewer.first_video_track()
-        });
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        peer.assign_slots(&r.sources);
+        peer.tell_news(&r.sources);
+        if peer.viewer.slot_count(MediaKind::Video) == 0 {
+            return; // audio starts with the next packet, nothing to replay
+        }
+        let first_video = peer.viewer.first_video_track();
         // Where the cache is: the first video track's publisher, or, for a track
         // this shard has not seen yet, the room's oldest publisher.
         let holder = match first_video {
@@ -1260,15 +1302,18 @@ impl ShardLoop {
                 self.replay(key, &packets);
             }
             // A fresh keyframe keeps the cache, and so later replays, short.
+            let interval = self.keyframe_request_interval;
             if let Some(peer) = self.peers.get_mut(&key) {
-                peer.keyframe_asked = Some(now);
+                peer.may_ask_keyframe(publisher, now, interval);
             }
             self.request_keyframe_from(&room, publisher, None, now);
         } else {
             tracing::debug!(session = %key, publisher_shard = shard, "asking for the keyframe cache");
+            let interval = self.keyframe_request_interval;
             if let Some(peer) = self.peers.get_mut(&key) {
-                peer.awaiting_replay = true;
-                peer.keyframe_asked = Some(now);
+                // That shard asks its publisher for a keyframe with the replay.
+                peer.awaiting_replay = Some(first_video);
+                peer.may_ask_keyframe(publisher, now, interval);
             }
             self.shards[shard].send(Command::WantReplay {
                 room,
