@@ -24,7 +24,7 @@ enum Commands {
     Serve(ServeArgs),
     /// Validate a configuration file and explain what is wrong with it.
     CheckConfig {
-        /// The TOML file to check.
+        /// The TOML file to check (with SWITCHBOARD_* variables applied, as `serve` does).
         file: PathBuf,
     },
     /// Mint a bearer token (HS256) for WHIP/WHEP when auth is on; prints it.
@@ -158,8 +158,13 @@ fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
+/// Checks `file` as `serve --config FILE` reads it: with the `SWITCHBOARD_*`
+/// environment variables applied (a deployment keeps its secret there).
 fn check_config(file: &std::path::Path) -> ExitCode {
-    let result = Config::from_file(file).and_then(|c| c.validate().map(|()| c));
+    let result = Config::from_file(file).and_then(|mut c| {
+        c.apply_env(|name| std::env::var(name).ok())?;
+        c.validate().map(|()| c)
+    });
     match result {
         Ok(config) => {
             println!(

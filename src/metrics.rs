@@ -2,7 +2,8 @@
 //! Counters are lock-free atomics, so shards update them on the packet path.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -15,8 +16,29 @@ pub struct Metrics {
     pub sessions_ended: IntCounterVec,
     pub sessions_active: IntGauge,
     pub offers_refused: IntCounterVec,
-    pub packets_in: IntCounter,
-    pub packets_out: IntCounter,
+    /// RTP packets and payload bytes from publishers, by media kind.
+    pub packets_in: IntCounterVec,
+    pub bytes_in: IntCounterVec,
+    /// RTP packets and payload bytes written to viewers, by media kind.
+    pub packets_out: IntCounterVec,
+    pub bytes_out: IntCounterVec,
+    pub udp_bytes_received: IntCounter,
+    pub udp_bytes_sent: IntCounter,
+    /// Open sessions by role and state (`connecting`, `connected`).
+    pub sessions: IntGaugeVec,
+    pub sessions_reaped: IntCounterVec,
+    pub rooms: IntGauge,
+    /// Published tracks, and viewer slots, by media kind.
+    pub tracks: IntGaugeVec,
+    pub subscriptions: IntGaugeVec,
+    pub nacks_received: IntCounter,
+    pub nacks_sent: IntCounter,
+    pub packets_resent: IntCounter,
+    pub keyframe_requests_received: IntCounterVec,
+    pub loss: HistogramVec,
+    pub packet_server_seconds: Histogram,
+    pub shard_loop_seconds: Histogram,
+    pub viewer_estimate: Histogram,
     pub datagrams_sent: IntCounter,
     pub datagrams_dropped: IntCounterVec,
     pub panics_contained: IntCounterVec,
@@ -56,6 +78,46 @@ impl Metrics {
                 .expect("metric registered once");
             c
         };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)
+                .expect("metric definition is valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let loss = HistogramVec::new(
+            HistogramOpts::new(
+                "stream_loss_ratio",
+                "Fraction of a stream's packets lost, from receiver reports every 2 s: \
+                 direction out = viewers' reports of what we sent, in = ours of what \
+                 publishers sent.",
+            )
+            .buckets(vec![
+                0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+            ]),
+            &["direction"],
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(loss.clone()))
+            .expect("metric registered once");
+        let rooms = IntGauge::new(
+            "rooms",
+            "Rooms with at least one session (updated when scraped).",
+        )
+        .expect("metric definition is valid");
+        registry
+            .register(Box::new(rooms.clone()))
+            .expect("metric registered once");
         let sessions_active = IntGauge::new("sessions_active", "Sessions currently open.")
             .expect("metric definition is valid");
         registry
@@ -159,13 +221,105 @@ impl Metrics {
                 "Offers refused, by endpoint, client family (from User-Agent) and HTTP status.",
                 &["endpoint", "client", "status"],
             ),
-            packets_in: counter(
+            packets_in: counter_vec(
                 "rtp_packets_received_total",
-                "RTP packets received from publishers.",
+                "RTP packets received from publishers, by media kind.",
+                &["kind"],
             ),
-            packets_out: counter(
+            bytes_in: counter_vec(
+                "rtp_bytes_received_total",
+                "RTP payload bytes received from publishers, by media kind.",
+                &["kind"],
+            ),
+            packets_out: counter_vec(
                 "rtp_packets_forwarded_total",
-                "RTP packets written to viewers.",
+                "RTP packets written to viewers, by media kind.",
+                &["kind"],
+            ),
+            bytes_out: counter_vec(
+                "rtp_bytes_forwarded_total",
+                "RTP payload bytes written to viewers, by media kind.",
+                &["kind"],
+            ),
+            udp_bytes_received: counter(
+                "udp_bytes_received_total",
+                "UDP payload bytes read from the media sockets (everything, junk included).",
+            ),
+            udp_bytes_sent: counter(
+                "udp_bytes_sent_total",
+                "UDP payload bytes sent from the media sockets.",
+            ),
+            sessions: gauge_vec(
+                "sessions",
+                "Open sessions by role and state: connecting (answered, ICE/DTLS not up \
+                 yet) or connected.",
+                &["role", "state"],
+            ),
+            sessions_reaped: counter_vec(
+                "sessions_reaped_total",
+                "Sessions the server ended on its own, by reason: never_connected (ICE or \
+                 DTLS did not complete in time), silent (nothing authenticated received), \
+                 ice_disconnected, closed (the connection closed or failed), failed (a \
+                 contained panic).",
+                &["reason"],
+            ),
+            rooms,
+            tracks: gauge_vec(
+                "tracks",
+                "Tracks (m-lines) published, by media kind.",
+                &["kind"],
+            ),
+            subscriptions: gauge_vec(
+                "subscriptions",
+                "Viewer slots (recvonly m-lines), by media kind.",
+                &["kind"],
+            ),
+            nacks_received: counter(
+                "nacks_received_total",
+                "NACKs received from viewers (counted from the stack's stats every 2 s).",
+            ),
+            nacks_sent: counter(
+                "nacks_sent_total",
+                "NACKs sent to publishers (counted from the stack's stats every 2 s).",
+            ),
+            packets_resent: counter(
+                "rtp_packets_resent_total",
+                "Packets sent to viewers beyond those forwarded: retransmissions answering \
+                 NACKs, and bandwidth-probe padding (from the stack's stats every 2 s).",
+            ),
+            keyframe_requests_received: counter_vec(
+                "keyframe_requests_received_total",
+                "Keyframe requests received from viewers, by type (pli, fir).",
+                &["type"],
+            ),
+            loss,
+            packet_server_seconds: histogram(
+                "packet_server_seconds",
+                "Time from a publisher's packet arriving to the datagrams that forward it \
+                 leaving a shard (one observation per packet and shard, at the end of the \
+                 loop turn that wrote it: its last viewer there).",
+                vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1,
+                ],
+            ),
+            shard_loop_seconds: histogram(
+                "shard_loop_seconds",
+                "Work of one shard loop turn (reading, commands, timers, forwarding, \
+                 sending), waiting excluded.",
+                vec![
+                    0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                    0.025, 0.1,
+                ],
+            ),
+            viewer_estimate: histogram(
+                "viewer_estimate_bytes_per_second",
+                "Bandwidth estimates of viewers (those of simulcast publishers), every 2 s \
+                 each, in bytes per second (Prometheus' base unit; times 8 for bits).",
+                [100e3, 250e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6, 20e6]
+                    .iter()
+                    .map(|bits| bits / 8.0)
+                    .collect(),
             ),
             datagrams_sent: counter("udp_datagrams_sent_total", "UDP datagrams sent."),
             datagrams_dropped: counter_vec(
@@ -208,6 +362,104 @@ impl Metrics {
                 "Simulcast layer switches started on the new layer's fresh keyframe cache instead of a keyframe request.",
             ),
             registry,
+        }
+        .with_every_label()
+    }
+
+    /// Creates every series of the labelled families that have a known, small
+    /// set of label values, at zero: a dashboard's rate() finds them before the
+    /// first event (and `absent()` means a renamed metric, not a quiet server).
+    fn with_every_label(self) -> Self {
+        for kind in ["audio", "video"] {
+            for family in [
+                &self.packets_in,
+                &self.bytes_in,
+                &self.packets_out,
+                &self.bytes_out,
+            ] {
+                family.with_label_values(&[kind]);
+            }
+            self.tracks.with_label_values(&[kind]);
+            self.subscriptions.with_label_values(&[kind]);
+        }
+        for role in ["publisher", "viewer"] {
+            for state in ["connecting", "connected"] {
+                self.sessions.with_label_values(&[role, state]);
+            }
+            self.sessions_started.with_label_values(&[role]);
+            self.sessions_ended.with_label_values(&[role]);
+        }
+        for reason in REAP_REASONS {
+            self.sessions_reaped.with_label_values(&[reason]);
+        }
+        for kind in ["pli", "fir"] {
+            self.keyframe_requests_received.with_label_values(&[kind]);
+        }
+        for direction in ["in", "out"] {
+            self.loss.with_label_values(&[direction]);
+        }
+        for scope in ["server", "client"] {
+            self.session_cap_refusals.with_label_values(&[scope]);
+        }
+        for step in PANIC_STEPS {
+            self.panics_contained.with_label_values(&[step]);
+        }
+        self
+    }
+}
+
+/// The `reason` values of `switchboard_sessions_reaped_total`.
+pub const REAP_REASONS: [&str; 5] = [
+    "never_connected",
+    "silent",
+    "ice_disconnected",
+    "closed",
+    "failed",
+];
+
+/// The shard steps whose panics are counted (`panics_contained_total{step}`).
+pub const PANIC_STEPS: [&str; 9] = [
+    "datagram", "command", "timer", "drain", "replay", "reap", "shutdown", "session", "sources",
+];
+
+/// One counter per media kind, resolved once: no label lookup per packet.
+#[derive(Clone)]
+pub struct ByKind([IntCounter; 2]);
+
+impl ByKind {
+    pub fn new(family: &IntCounterVec) -> Self {
+        ByKind(["audio", "video"].map(|kind| family.with_label_values(&[kind])))
+    }
+
+    pub fn get(&self, kind: str0m::media::MediaKind) -> &IntCounter {
+        match kind {
+            str0m::media::MediaKind::Audio => &self.0[0],
+            str0m::media::MediaKind::Video => &self.0[1],
+        }
+    }
+}
+
+/// The `kind` label of a media kind.
+pub fn kind_label(kind: str0m::media::MediaKind) -> &'static str {
+    match kind {
+        str0m::media::MediaKind::Audio => "audio",
+        str0m::media::MediaKind::Video => "video",
+    }
+}
+
+impl Metrics {
+    /// The label of a reap reason (see [`REAP_REASONS`]).
+    pub fn reap_label(reason: &str) -> &'static str {
+        if reason.starts_with("ICE/DTLS did not connect") {
+            "never_connected"
+        } else if reason.starts_with("nothing authenticated") {
+            "silent"
+        } else if reason.starts_with("ICE disconnected") {
+            "ice_disconnected"
+        } else if reason.starts_with("internal error") {
+            "failed"
+        } else {
+            "closed"
         }
     }
 
@@ -272,10 +524,15 @@ mod tests {
     #[test]
     fn renders_text_format() {
         let m = Metrics::new();
-        m.packets_in.inc();
+        m.packets_in.with_label_values(&["video"]).inc();
         let text = m.render();
         assert!(
-            text.contains("switchboard_rtp_packets_received_total 1"),
+            text.contains("switchboard_rtp_packets_received_total{kind=\"video\"} 1"),
+            "{text}"
+        );
+        // Labelled families start at zero for every value they can take.
+        assert!(
+            text.contains("switchboard_sessions{role=\"viewer\",state=\"connected\"} 0"),
             "{text}"
         );
     }

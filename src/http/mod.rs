@@ -203,6 +203,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .sessions_active
         .set(state.registry.session_count() as i64);
     let tables = state.registry.table_sizes();
+    state.metrics.rooms.set(tables.rooms as i64);
     for (table, size) in [
         ("rooms", tables.rooms),
         ("sessions", tables.sessions),

@@ -8,6 +8,7 @@ mod credentials;
 pub mod data;
 pub mod offer;
 mod publisher;
+pub mod stats;
 mod viewer;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -64,6 +65,8 @@ pub enum PeerEvent {
     /// A data channel message for the room's other participants, in its relayed
     /// form (see `data.rs`).
     Data(Arc<str>),
+    /// What the stack's periodic stats add to the metrics.
+    Stats(stats::StatsDelta),
 }
 
 /// Who a session belongs to: its WHIP and WHEP sessions share it.
@@ -146,6 +149,8 @@ pub struct Peer {
     pub viewer: ViewerSide,
     /// Where a viewer's slots and the room's tracks are told to its events stream.
     pub news: Option<tokio::sync::watch::Sender<ViewerNews>>,
+    /// The stack's stats as last reported, for the metrics' increments.
+    stats: stats::StatsTracker,
 }
 
 /// Why an offer could not be accepted.
@@ -231,6 +236,7 @@ impl Peer {
             publisher: PublisherSide::default(),
             viewer: ViewerSide::default(),
             news: None,
+            stats: stats::StatsTracker::default(),
         };
         let mids = offered
             .iter()
@@ -461,6 +467,11 @@ impl Peer {
                 }
             }
             Event::ChannelClose(id) => self.data.channel_closed(id),
+            Event::MediaEgressStats(s) => events.push(PeerEvent::Stats(self.stats.on_egress(&s))),
+            Event::MediaIngressStats(s) => {
+                events.push(PeerEvent::Stats(self.stats.on_ingress(&s)));
+            }
+            Event::PeerStats(s) => events.push(PeerEvent::Stats(self.stats.on_peer(&s))),
             Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
             _ => {}
         }
@@ -507,7 +518,11 @@ impl Peer {
             if std::mem::take(&mut peer.panic_on_write) {
                 panic!("injected fault: panic in the write path");
             }
-            peer.viewer.write_one(&mut peer.rtc, packet, squeeze)
+            let outcome = peer.viewer.write_one(&mut peer.rtc, packet, squeeze);
+            if outcome == WriteOutcome::Written {
+                peer.stats.forwarded(1);
+            }
+            outcome
         })
         .unwrap_or(WriteOutcome::Skipped)
     }
@@ -609,9 +624,11 @@ impl Peer {
             .push_back(Queued::Packet(std::sync::Arc::clone(packet), None));
     }
 
-    /// Writes up to `budget` queued packets; returns how many were written.
-    pub fn pace_replay(&mut self, budget: usize) -> usize {
+    /// Writes up to `budget` queued packets; returns how many were written, and
+    /// their payload bytes.
+    pub fn pace_replay(&mut self, budget: usize) -> (usize, usize) {
         let mut written = 0;
+        let mut bytes = 0;
         for _ in 0..budget {
             match self.replay_queue.pop_front() {
                 None => break,
@@ -620,11 +637,12 @@ impl Peer {
                     if self.write_guarded(&packet, squeeze) == WriteOutcome::Written {
                         self.last_written_ts = Some(packet.timestamp);
                         written += 1;
+                        bytes += packet.payload.len();
                     }
                 }
             }
         }
-        written
+        (written, bytes)
     }
 
     /// Publisher `key` of the room left: nothing of it is replayed any more (its
@@ -807,6 +825,8 @@ fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcCon
         // Audio sender reports every second, as for video (str0m's default is 5 s):
         // a new viewer can sync audio and video after one second instead of five.
         .set_rtcp_report_interval_audio(AUDIO_REPORT_INTERVAL)
+        // NACKs, keyframe requests, loss and estimates for the metrics.
+        .set_stats_interval(Some(stats::STATS_INTERVAL))
         .set_dtls_cert(settings.dtls_cert.clone())
         .clear_codecs()
         .enable_opus(true, false);

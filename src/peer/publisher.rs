@@ -96,6 +96,11 @@ impl PublisherSide {
         }
     }
 
+    /// How many tracks (m-lines) of `kind` it publishes.
+    pub fn track_count(&self, kind: MediaKind) -> usize {
+        self.media.iter().filter(|m| m.kind == kind).count()
+    }
+
     pub fn has_media(&self) -> bool {
         !self.media.is_empty() && !self.codecs.is_empty()
     }

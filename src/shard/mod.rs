@@ -45,7 +45,7 @@ use socket::{SendBatch, ShardSockets};
 use timers::Timers;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{kind_label, ByKind, Metrics};
 use crate::peer::{
     panic_message, AcceptError, Peer, PeerEvent, PeerKey, PeerSettings, Role, WriteOutcome,
 };
@@ -156,6 +156,7 @@ impl Shard {
                     .map(|r| metrics.datagrams_dropped.with_label_values(&[r.as_str()]))
                     .collect();
                 let socket_count = self.sockets.sockets.len();
+                let media = MediaCounters::new(&metrics);
                 let mut state = ShardLoop {
                     index,
                     poll: self.poll,
@@ -184,6 +185,8 @@ impl Shard {
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
                     next_sources_tick: Instant::now() + sources::TICK,
                     dropped_by,
+                    media,
+                    written_arrivals: Vec::new(),
                     dying: false,
                     #[cfg(feature = "fault-injection")]
                     pending_fault: None,
@@ -230,6 +233,11 @@ struct ShardLoop {
     /// `udp_datagrams_dropped_total` by [`DropReason`] (its discriminant),
     /// resolved once: a flood is counted without a label lookup per datagram.
     dropped_by: Vec<prometheus::IntCounter>,
+    /// The packet path's per-kind counters, resolved once.
+    media: MediaCounters,
+    /// Arrival times of the packets written to viewers in this loop turn: when
+    /// their datagrams leave, the time inside the server is observed.
+    written_arrivals: Vec<Instant>,
     /// Set when the loop must not restart after its next panic (test builds).
     dying: bool,
     #[cfg(feature = "fault-injection")]
@@ -295,6 +303,7 @@ impl ShardLoop {
                     tracing::error!(shard = self.index, error = %e, "poll failed");
                 }
             }
+            let turn = Instant::now();
             for event in events.iter() {
                 if let Some(unread) = self.unread.get_mut(event.token().0) {
                     *unread = true;
@@ -324,6 +333,9 @@ impl ShardLoop {
                 self.housekeeping(now);
                 self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
             }
+            self.metrics
+                .shard_loop_seconds
+                .observe(turn.elapsed().as_secs_f64());
         }
     }
 
@@ -402,6 +414,7 @@ impl ShardLoop {
         self.queue.retain(|k| *k != key);
         self.replaying.retain(|k| *k != key);
         if let Some(peer) = peer {
+            let _ = catch_unwind(AssertUnwindSafe(|| count_session(&self.metrics, &peer, -1)));
             let _ = catch_unwind(AssertUnwindSafe(|| match peer.role {
                 Role::Publisher => {
                     self.publisher_left_here(&peer.room, key);
@@ -425,12 +438,21 @@ impl ShardLoop {
     /// Reads up to [`READ_BUDGET`] datagrams; true if the socket may have more.
     fn read_socket(&mut self, socket_index: usize) -> bool {
         let mut errors = 0;
+        let mut bytes = 0;
+        let more = self.read_datagrams(socket_index, &mut errors, &mut bytes);
+        self.metrics.udp_bytes_received.inc_by(bytes);
+        more
+    }
+
+    /// Reads up to [`READ_BUDGET`] datagrams, counting their bytes.
+    fn read_datagrams(&mut self, socket_index: usize, errors: &mut u32, bytes: &mut u64) -> bool {
         for _ in 0..READ_BUDGET {
             let Some(socket) = self.sockets.sockets.get(socket_index) else {
                 return false;
             };
             match socket.recv_from(&mut self.buf) {
                 Ok((len, source)) => {
+                    *bytes += len as u64;
                     self.guarded("datagram", None, |s| {
                         s.on_datagram(socket_index, source, len)
                     });
@@ -438,9 +460,9 @@ impl ShardLoop {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not fatal.
-                    errors += 1;
+                    *errors += 1;
                     tracing::trace!(error = %e, "recv error");
-                    if errors > 64 {
+                    if *errors > 64 {
                         return true;
                     }
                 }
@@ -826,6 +848,9 @@ impl ShardLoop {
             .sessions_started
             .with_label_values(&[role.as_str()])
             .inc();
+        if let Some(peer) = self.peers.get(&key) {
+            count_session(&self.metrics, peer, 1);
+        }
         if reply.send(Ok(answer)).is_err() {
             // Nobody will ever learn this session's URL or answer.
             self.end_peer(key, OFFER_GAVE_UP);
@@ -890,7 +915,8 @@ impl ShardLoop {
             .sessions_ended
             .with_label_values(&[peer.role.as_str()])
             .inc();
-        tracing::info!(session = %key, room = %room, role = peer.role.as_str(), reason, "session ended");
+        count_session(&self.metrics, &peer, -1);
+        tracing::info!(session = %key, room = %room, role = peer.role.as_str(), participant = %peer.participant.identity, reason, "session ended");
         true
     }
 
@@ -923,6 +949,10 @@ impl ShardLoop {
             .filter_map(|p| p.reap_reason(now, timeout).map(|why| (p.key, why)))
             .collect();
         for (key, why) in doomed {
+            self.metrics
+                .sessions_reaped
+                .with_label_values(&[Metrics::reap_label(why)])
+                .inc();
             self.guarded("reap", Some(key), |s| s.end_peer(key, why));
         }
         self.drain_queue();
@@ -984,13 +1014,26 @@ impl ShardLoop {
     fn flush_sends(&mut self) {
         let sent = self.sends.flush(&self.sockets);
         self.metrics.datagrams_sent.inc_by(sent.datagrams);
+        self.metrics.udp_bytes_sent.inc_by(sent.bytes);
         self.metrics.send_errors.inc_by(sent.failed);
+        if !self.written_arrivals.is_empty() {
+            let now = Instant::now();
+            for arrival in self.written_arrivals.drain(..) {
+                self.metrics
+                    .packet_server_seconds
+                    .observe(now.saturating_duration_since(arrival).as_secs_f64());
+            }
+        }
     }
 
     fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
         match event {
             PeerEvent::Media(packet) => {
-                self.metrics.packets_in.inc();
+                self.media.packets_in.get(packet.kind).inc();
+                self.media
+                    .bytes_in
+                    .get(packet.kind)
+                    .inc_by(packet.payload.len() as u64);
                 self.router
                     .cache(&packet, self.keyframe_cache_bytes, packet.arrival);
                 self.fan_out_local(&packet);
@@ -1000,7 +1043,11 @@ impl ShardLoop {
             }
             PeerEvent::Connected => {
                 if let Some(peer) = self.peers.get(&key) {
-                    tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), "connected");
+                    let role = peer.role.as_str();
+                    let sessions = &self.metrics.sessions;
+                    sessions.with_label_values(&[role, "connecting"]).dec();
+                    sessions.with_label_values(&[role, "connected"]).inc();
+                    tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), participant = %peer.participant.identity, "connected");
                     if peer.role == Role::Publisher {
                         self.registry.set_live(&peer.room, key);
                     }
@@ -1053,6 +1100,7 @@ impl ShardLoop {
                     }
                 }
             }
+            PeerEvent::Stats(delta) => self.count_stats(&delta),
             PeerEvent::Gone(why) => {
                 self.end_peer(key, why);
             }
@@ -1063,6 +1111,33 @@ impl ShardLoop {
                     .inc();
                 self.end_peer(key, why);
             }
+        }
+    }
+
+    /// Adds one peer's stats report to the metrics.
+    fn count_stats(&self, d: &crate::peer::stats::StatsDelta) {
+        let m = &self.metrics;
+        m.nacks_received.inc_by(d.nacks_received);
+        m.nacks_sent.inc_by(d.nacks_sent);
+        m.packets_resent.inc_by(d.resent);
+        if d.plis_received > 0 {
+            m.keyframe_requests_received
+                .with_label_values(&["pli"])
+                .inc_by(d.plis_received);
+        }
+        if d.firs_received > 0 {
+            m.keyframe_requests_received
+                .with_label_values(&["fir"])
+                .inc_by(d.firs_received);
+        }
+        if let Some(loss) = d.loss_out {
+            m.loss.with_label_values(&["out"]).observe(f64::from(loss));
+        }
+        if let Some(loss) = d.loss_in {
+            m.loss.with_label_values(&["in"]).observe(f64::from(loss));
+        }
+        if let Some(bps) = d.estimate_bps {
+            m.viewer_estimate.observe(bps as f64 / 8.0);
         }
     }
 
@@ -1117,6 +1192,7 @@ impl ShardLoop {
         };
         let now = Instant::now();
         let mut wants_keyframe = false;
+        let mut written = 0u64;
         let mut layer_wishes: Vec<(PeerKey, (u64, u8))> = Vec::new();
         for key in &room.viewers {
             let Some(peer) = self.peers.get_mut(key) else {
@@ -1148,7 +1224,7 @@ impl ShardLoop {
             }
             match outcome {
                 WriteOutcome::Written => {
-                    self.metrics.packets_out.inc();
+                    written += 1;
                     if peer.first_video_at.is_none() && packet.kind == MediaKind::Video {
                         note_first_video(peer, &self.metrics);
                     }
@@ -1166,6 +1242,11 @@ impl ShardLoop {
                     }
                 }
             }
+        }
+        if written > 0 {
+            let bytes = written * packet.payload.len() as u64;
+            self.media.written(packet.kind, written, bytes);
+            self.written_arrivals.push(packet.arrival);
         }
         if wants_keyframe {
             self.request_keyframe_from(&packet.room, packet.publisher, None, now);
@@ -1334,9 +1415,10 @@ impl ShardLoop {
             return;
         };
         peer.start_replay(packets);
-        let written = peer.pace_replay(REPLAY_FIRST_BURST);
+        let (written, bytes) = peer.pace_replay(REPLAY_FIRST_BURST);
         if written > 0 {
-            self.metrics.packets_out.inc_by(written as u64);
+            self.media
+                .written(MediaKind::Video, written as u64, bytes as u64);
             note_first_video(peer, &self.metrics);
             enqueue(&mut self.queue, peer);
         }
@@ -1363,9 +1445,10 @@ impl ShardLoop {
                 let Some(peer) = s.peers.get_mut(&key) else {
                     return false;
                 };
-                let written = peer.pace_replay(budget);
+                let (written, bytes) = peer.pace_replay(budget);
                 if written > 0 {
-                    s.metrics.packets_out.inc_by(written as u64);
+                    s.media
+                        .written(MediaKind::Video, written as u64, bytes as u64);
                     enqueue(&mut s.queue, peer);
                 }
                 peer.is_replaying()
@@ -1503,6 +1586,55 @@ impl ShardLoop {
             let packets = std::mem::take(batch);
             self.shards[shard].send(Command::Media(packets));
         }
+    }
+}
+
+/// The packet path's counters by media kind.
+struct MediaCounters {
+    packets_in: ByKind,
+    bytes_in: ByKind,
+    packets_out: ByKind,
+    bytes_out: ByKind,
+}
+
+impl MediaCounters {
+    fn new(metrics: &Metrics) -> Self {
+        MediaCounters {
+            packets_in: ByKind::new(&metrics.packets_in),
+            bytes_in: ByKind::new(&metrics.bytes_in),
+            packets_out: ByKind::new(&metrics.packets_out),
+            bytes_out: ByKind::new(&metrics.bytes_out),
+        }
+    }
+
+    fn written(&self, kind: MediaKind, packets: u64, bytes: u64) {
+        if packets > 0 {
+            self.packets_out.get(kind).inc_by(packets);
+            self.bytes_out.get(kind).inc_by(bytes);
+        }
+    }
+}
+
+/// A session starts (`+1`) or ends (`-1`): the gauges of open sessions by role
+/// and state, and of published tracks and viewer slots by kind.
+fn count_session(metrics: &Metrics, peer: &Peer, change: i64) {
+    let state = if peer.connected {
+        "connected"
+    } else {
+        "connecting"
+    };
+    metrics
+        .sessions
+        .with_label_values(&[peer.role.as_str(), state])
+        .add(change);
+    for kind in [MediaKind::Audio, MediaKind::Video] {
+        let (gauge, count) = match peer.role {
+            Role::Publisher => (&metrics.tracks, peer.publisher.track_count(kind)),
+            Role::Viewer => (&metrics.subscriptions, peer.viewer.slot_count(kind)),
+        };
+        gauge
+            .with_label_values(&[kind_label(kind)])
+            .add(change * count as i64);
     }
 }
 

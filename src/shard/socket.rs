@@ -119,6 +119,8 @@ pub struct SendBatch {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
     pub datagrams: u64,
+    /// UDP payload bytes of the datagrams sent.
+    pub bytes: u64,
     pub failed: u64,
 }
 
@@ -168,6 +170,10 @@ impl SendBatch {
                 Ok(n) => {
                     let n = n.max(1);
                     sent.datagrams += n as u64;
+                    sent.bytes += chunk[..n.min(chunk.len())]
+                        .iter()
+                        .map(|t| t.contents.len() as u64)
+                        .sum::<u64>();
                     start += n;
                 }
                 Err(e) => {
