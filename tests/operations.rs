@@ -61,10 +61,14 @@ async fn a_session_that_never_connects_is_reaped_and_frees_the_room() {
         201
     );
     let text = support::hostile::metrics_text(&server).await;
-    assert!(
-        text.contains("switchboard_sessions_ended_total{role=\"publisher\"} 1"),
-        "{text}"
-    );
+    for line in [
+        "switchboard_sessions_ended_total{role=\"publisher\"} 1",
+        // An ICE/DTLS failure, counted by its reason.
+        "switchboard_sessions_reaped_total{reason=\"never_connected\"} 1",
+        "switchboard_sessions_reaped_total{reason=\"silent\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
     server.shutdown().await;
 }
 
@@ -194,7 +198,8 @@ fn check_config_names_the_key_at_fault() {
 }
 
 /// `--log-format json`: every line the server logs is one JSON object with its
-/// level and message (a log collector's input); a bad format is refused by name.
+/// level and message (a log collector's input), and a session's lines carry its
+/// room, session and participant as fields; a bad format is refused by name.
 #[test]
 fn json_logs_are_one_object_per_line() {
     use std::io::{BufRead, BufReader};
@@ -213,25 +218,45 @@ fn json_logs_are_one_object_per_line() {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut logged = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let listening = line.contains("switchboard listening");
+    let read_until = |logged: &mut Vec<String>, done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                let found = done(&line);
                 logged.push(line);
-                // The plain "listening" line for people (on stderr, not a log
-                // record) follows the JSON ones; stop at the first.
-                if listening && logged.len() > 2 {
-                    break;
+                if found {
+                    return true;
                 }
             }
-            Err(_) if logged.len() >= 2 => break,
-            Err(_) => {}
         }
-    }
+        false
+    };
+    let mut logged = Vec::new();
+    // The plain "listening" line for people (on stderr, not a log record)
+    // follows the JSON one: it gives the address.
+    assert!(
+        read_until(&mut logged, &|l| l
+            .starts_with("switchboard listening on http://")),
+        "{logged:?}"
+    );
+    let addr = logged
+        .last()
+        .and_then(|l| l.strip_prefix("switchboard listening on http://"))
+        .expect("address")
+        .to_string();
+    // A session: its lines carry the room, the session and the participant.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let created = runtime.block_on(support::http::post(
+        addr.parse().expect("address"),
+        "/whep/logged-room?participant=zoe",
+        "application/sdp",
+        support::viewer_offer(),
+    ));
+    assert_eq!(created.as_ref().map(|r| r.status), Ok(201), "{created:?}");
+    let created_line = read_until(&mut logged, &|l| l.contains("session created"));
     let _ = child.kill();
     let _ = child.wait();
+    assert!(created_line, "{logged:?}");
     let records: Vec<serde_json::Value> = logged
         .iter()
         .filter(|l| l.starts_with('{'))
@@ -244,6 +269,22 @@ fn json_logs_are_one_object_per_line() {
         "{logged:?}"
     );
     assert!(records.iter().all(|r| r["level"].is_string()), "{logged:?}");
+    let session = records
+        .iter()
+        .find(|r| r["fields"]["message"] == "session created")
+        .expect("the session's line");
+    assert_eq!(session["fields"]["room"], "logged-room", "{session}");
+    assert_eq!(session["fields"]["participant"], "zoe", "{session}");
+    assert!(
+        session["fields"]["session"]
+            .as_str()
+            .is_some_and(|s| s.len() == 16),
+        "{session}"
+    );
+    assert!(
+        !logged.iter().any(|l| l.contains("a=ice-pwd")),
+        "SDP in the logs"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--log-format", "xml"])
         .output()
