@@ -54,7 +54,8 @@ impl Bench {
         // first packet: here, its one video slot to the publisher's track.
         let mut sources = RoomSources::default();
         let sample = publisher.next(clock.now);
-        sources.observe(
+        sources.publisher_joined(sample.publisher);
+        let _ = sources.observe(
             sample.track,
             sample.publisher,
             &sample.participant,

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod fuzzing;
 pub mod http;
 pub mod ids;
+pub mod load;
 pub mod metrics;
 pub mod peer;
 pub mod room;

@@ -29,6 +29,10 @@ enum Commands {
     },
     /// Mint a bearer token (HS256) for WHIP/WHEP when auth is on; prints it.
     Token(TokenArgs),
+    /// Load-test a WHIP/WHEP server (this one or any other): one synthetic
+    /// publisher and N viewers over real UDP; CPU per packet, memory per viewer,
+    /// latency, first-frame time and losses.
+    Load(switchboard::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Commands::CheckConfig { file } => check_config(&file),
         Commands::Serve(args) => serve(args),
         Commands::Token(args) => token(args),
+        Commands::Load(args) => switchboard::load::main(args),
     }
 }
 
