@@ -2,11 +2,13 @@
 //! in this process, one WHIP publisher and N WHEP viewers over real UDP on
 //! 127.0.0.1, and the server's CPU per packet a viewer receives.
 //!
-//! Every viewer is a str0m client (RTP mode) that only counts what it receives;
-//! all of them are driven by ONE thread (`viewers`, one mio poll over their
-//! sockets), so the clients of a 200-viewer run cost a fraction of a core. The
-//! publisher (thread `publisher`) sends VP8-like video (30 fps, 3 packets of
-//! ~1,100 bytes a frame, a keyframe first and on PLI) and Opus (50 packets/s).
+//! The clients are `switchboard load`'s (`src/load/`): every viewer a str0m
+//! client (RTP mode) that only counts what it receives, all of them driven by ONE
+//! thread (`load-viewers-0`, one mio poll over their sockets), so the clients of a
+//! 200-viewer run cost a fraction of a core. The publisher (thread
+//! `load-publisher`) sends VP8-like video (1.5 Mbit/s at 30 fps, a keyframe first
+//! and on PLI) and Opus (50 packets/s). `switchboard load` runs the same clients
+//! against a server in another process (any WHIP/WHEP server).
 //!
 //! Over a fixed window, after every viewer is connected and warmed up, it reads
 //! the CPU time of the server's threads (`shard-N`, `http`) and of the clients'
@@ -24,29 +26,22 @@
 //! `cargo test --all-targets` runs this binary without `--bench`: it then runs a
 //! smoke version (2 viewers, a 1 s window) and exits.
 
-#[path = "../tests/support/vp8_tag.rs"]
-mod vp8_tag;
-
 use std::collections::HashMap;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token, Waker};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::config::{CryptoProvider, DtlsCert};
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::config::CryptoProvider;
 
 use switchboard::config::Config;
+use switchboard::load::{
+    self,
+    client::Endpoint,
+    payload::VideoCodec,
+    publisher::{Publisher, PublisherPlan},
+    viewers::Pools,
+};
 use switchboard::server::Server;
 
 const ROOM: &str = "load";
@@ -54,17 +49,9 @@ const ROOM: &str = "load";
 const BENCH_DEADLINE: Duration = Duration::from_secs(115);
 const SMOKE_DEADLINE: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// POSTs in flight at once while the viewers join.
-const JOIN_CONCURRENCY: usize = 8;
-const VIDEO_PAYLOAD: usize = 1_100;
-const VIDEO_PACKETS_PER_FRAME: usize = 3;
-const AUDIO_PAYLOAD: usize = 80;
-const FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
-const AUDIO_INTERVAL: Duration = Duration::from_millis(20);
-/// Longest a client loop sleeps, so it sees the stop flag.
-const CLIENT_TICK: Duration = Duration::from_millis(20);
+/// The publisher's video: 1.5 Mbit/s VP8 at 30 fps (6 packets a frame), plus Opus.
+const VIDEO_KBPS: u64 = 1500;
 
 /// What one run does.
 #[derive(Debug, Clone, Copy)]
@@ -248,11 +235,6 @@ fn run(plan: Plan) -> Result<Row, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("server runtime: {e}"))?;
-    // The clients' HTTP (WHIP/WHEP POSTs, /metrics) runs on this thread.
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("client runtime: {e}"))?;
     let mut config = Config::for_tests();
     config.media.shards = 2;
     // LOAD_ESTIMATE_KBPS=0 runs without viewers' bandwidth estimation (TWCC), to
@@ -268,7 +250,9 @@ fn run(plan: Plan) -> Result<Row, String> {
         .map_err(|e| format!("server start: {e}"))?;
     let http_addr = server.http_addr();
 
-    let result = client_rt.block_on(measure(plan, http_addr));
+    // The clients are `switchboard load`'s: blocking HTTP on this thread, media
+    // on their own threads.
+    let result = measure(plan, http_addr);
 
     let stopped = server_rt.block_on(async {
         tokio::time::timeout(STOP_TIMEOUT, server.shutdown())
@@ -282,25 +266,23 @@ fn run(plan: Plan) -> Result<Row, String> {
     result
 }
 
-async fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
-    let http = reqwest::Client::builder()
-        .timeout(HTTP_TIMEOUT)
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("reqwest: {e}"))?;
-    let client_cert = CryptoProvider::get_default()
-        .ok_or("no crypto provider")?
-        .dtls_provider
-        .generate_certificate()
-        .ok_or("cannot make a DTLS certificate")?;
+fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
+    let endpoint = Endpoint::new(&format!("http://{http_addr}"), None);
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let publish = PublisherPlan {
+        codec: VideoCodec::Vp8,
+        video_kbps: VIDEO_KBPS,
+        fps: 30,
+        keyframe_interval: Duration::from_secs(3600),
+        audio: true,
+    };
 
     // The publisher, connected and sending before any viewer joins.
-    let publisher = start_publisher(&http, http_addr, &client_cert).await?;
+    let publisher = Publisher::start(&endpoint, ROOM, loopback, publish)?;
     wait_for("the publisher to connect", CONNECT_TIMEOUT, || {
         publisher.stats.connected.load(Ordering::Relaxed)
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
     let mut row = Row {
         viewers: plan.viewers,
         rss_before_kb: vm_rss_kb(),
@@ -308,40 +290,27 @@ async fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
     };
 
     // The viewers: all driven by one thread.
-    let viewers = ViewerPool::start()?;
+    let mut viewers = Pools::start(1)?;
     let joined_at = Instant::now();
-    let mut pending = Vec::with_capacity(plan.viewers);
-    for _ in 0..plan.viewers {
-        pending.push(PendingViewer::offer(&client_cert)?);
+    for n in 0..plan.viewers {
+        viewers.add(load::viewers::join(
+            &endpoint,
+            ROOM,
+            loopback,
+            VideoCodec::Vp8,
+            n,
+        )?)?;
     }
     row.rss_clients_built_kb = vm_rss_kb();
-    let mut pending = pending.into_iter();
-    loop {
-        let batch: Vec<PendingViewer> = pending.by_ref().take(JOIN_CONCURRENCY).collect();
-        if batch.is_empty() {
-            break;
-        }
-        let posts = batch.into_iter().map(|p| {
-            let http = http.clone();
-            async move {
-                let answer = post_sdp(&http, http_addr, &format!("/whep/{ROOM}"), &p.offer).await?;
-                p.accept(&answer)
-            }
-        });
-        for viewer in futures_util::future::join_all(posts).await {
-            viewers.add(viewer?)?;
-        }
-    }
     let n = plan.viewers;
     let waited = wait_for(
         "every viewer to connect and receive video",
         CONNECT_TIMEOUT,
         || {
             let s = viewers.snapshot();
-            s.connected >= n && s.receiving >= n
+            s.connected >= n && s.first_video.len() >= n
         },
-    )
-    .await;
+    );
     let snap = viewers.snapshot();
     row.connected = snap.connected;
     row.join_secs = joined_at.elapsed().as_secs_f64();
@@ -350,34 +319,36 @@ async fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
         publisher.stop();
         return Err(format!(
             "{e}: {} connected, {} receiving, {} failed",
-            snap.connected, snap.receiving, snap.failed
+            snap.connected,
+            snap.first_video.len(),
+            snap.failed.len()
         ));
     }
-    tokio::time::sleep(plan.warmup).await;
+    std::thread::sleep(plan.warmup);
 
     // The window.
-    let forwarded0 = scrape_forwarded(&http, http_addr).await?;
-    let published0 = publisher.stats.sent();
-    let plis0 = publisher.stats.plis.load(Ordering::Relaxed);
+    let forwarded0 = scrape_forwarded(http_addr)?;
+    let published0 = publisher.sent();
+    let plis0 = publisher.stats.keyframe_requests.load(Ordering::Relaxed);
     let host0 = host_cpu();
     let cpu0 = thread_cpu();
     let v0 = viewers.snapshot();
     let t0 = Instant::now();
-    tokio::time::sleep(plan.window).await;
-    let v1 = viewers.snapshot();
+    std::thread::sleep(plan.window);
+    let v1 = viewers.snapshot().since(&v0);
     let cpu1 = thread_cpu();
     let host1 = host_cpu();
     row.window_secs = t0.elapsed().as_secs_f64();
-    let forwarded1 = scrape_forwarded(&http, http_addr).await?;
+    let forwarded1 = scrape_forwarded(http_addr)?;
     row.rss_after_kb = vm_rss_kb();
-    row.published = publisher.stats.sent() - published0;
-    row.plis = publisher.stats.plis.load(Ordering::Relaxed) - plis0;
+    row.published = publisher.sent() - published0;
+    row.plis = publisher.stats.keyframe_requests.load(Ordering::Relaxed) - plis0;
     row.forwarded_metric = forwarded1.saturating_sub(forwarded0);
-    row.delivered_video = v1.video - v0.video;
-    row.delivered_audio = v1.audio - v0.audio;
+    row.delivered_video = v1.video;
+    row.delivered_audio = v1.audio;
     row.delivered = row.delivered_video + row.delivered_audio;
-    row.expected = v1.expected.saturating_sub(v0.expected);
-    let failed = v1.failed;
+    row.expected = v1.expected;
+    let failed = v1.failed.len();
 
     let delta = cpu_delta(&cpu0, &cpu1);
     for (name, (ticks_us, sched_us)) in &delta {
@@ -390,9 +361,9 @@ async fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
             row.shard_cpu_us += ticks_us;
         } else if name == "http" {
             row.http_cpu_us += ticks_us;
-        } else if name == "viewers" {
+        } else if name.starts_with("load-viewers") {
             row.viewers_cpu_us += ticks_us;
-        } else if name == "publisher" {
+        } else if name == "load-publisher" {
             row.publisher_cpu_us += ticks_us;
         } else {
             row.other_cpu_us += ticks_us;
@@ -417,646 +388,32 @@ async fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
     Ok(row)
 }
 
-async fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> bool,
-) -> Result<(), String> {
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > timeout {
             return Err(format!("timed out after {timeout:?} waiting for {what}"));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
 
-async fn post_sdp(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    path: &str,
-    offer: &str,
-) -> Result<String, String> {
-    let resp = http
-        .post(format!("http://{addr}{path}"))
-        .header("Content-Type", "application/sdp")
-        .body(offer.to_string())
-        .send()
-        .await
-        .map_err(|e| format!("POST {path}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| format!("POST {path}: body: {e}"))?;
-    if status != 201 {
-        return Err(format!("POST {path}: status {status}: {body}"));
-    }
-    Ok(body)
-}
-
-/// `switchboard_rtp_packets_forwarded_total` from `/metrics`.
-async fn scrape_forwarded(http: &reqwest::Client, addr: SocketAddr) -> Result<u64, String> {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .map_err(|e| format!("GET /metrics: {e}"))?
-        .text()
-        .await
+/// `switchboard_rtp_packets_forwarded_total` (both kinds) from `/metrics`.
+fn scrape_forwarded(addr: SocketAddr) -> Result<u64, String> {
+    let mut response = ureq::get(format!("http://{addr}/metrics"))
+        .call()
+        .map_err(|e| format!("GET /metrics: {e}"))?;
+    let text = response
+        .body_mut()
+        .read_to_string()
         .map_err(|e| format!("GET /metrics: body: {e}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("switchboard_rtp_packets_forwarded_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .ok_or_else(|| "no switchboard_rtp_packets_forwarded_total in /metrics".to_string())
-}
-
-// ---- str0m clients ------------------------------------------------------------
-
-fn client_rtc(cert: &DtlsCert) -> Rtc {
-    RtcConfig::new()
-        .set_rtp_mode(true)
-        .set_dtls_cert(cert.clone())
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .build(Instant::now())
-}
-
-/// A std socket on 127.0.0.1 and its host candidate added to `rtc`.
-fn bind_loopback(rtc: &mut Rtc) -> Result<(UdpSocket, SocketAddr), String> {
-    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    let addr = socket
-        .local_addr()
-        .map_err(|e| format!("local_addr: {e}"))?;
-    let candidate = Candidate::host(addr, "udp").map_err(|e| format!("candidate: {e}"))?;
-    rtc.add_local_candidate(candidate)
-        .ok_or("str0m refused the host candidate")?;
-    Ok((socket, addr))
-}
-
-fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, answer: &str) -> Result<(), String> {
-    let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| format!("answer: {e}"))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| format!("accept_answer: {e}"))
-}
-
-fn receive_input(data: &[u8], source: SocketAddr, destination: SocketAddr) -> Option<Input<'_>> {
-    let contents = data.try_into().ok()?;
-    Some(Input::Receive(
-        Instant::now(),
-        Receive {
-            proto: Protocol::Udp,
-            source,
-            destination,
-            contents,
-        },
-    ))
-}
-
-// ---- the publisher ------------------------------------------------------------
-
-#[derive(Default)]
-struct PublisherStats {
-    connected: AtomicBool,
-    audio: AtomicU64,
-    video: AtomicU64,
-    plis: AtomicU64,
-    keyframes: AtomicU64,
-}
-
-impl PublisherStats {
-    fn sent(&self) -> u64 {
-        self.audio.load(Ordering::Relaxed) + self.video.load(Ordering::Relaxed)
-    }
-}
-
-struct PublisherHandle {
-    stats: Arc<PublisherStats>,
-    stop: Arc<AtomicBool>,
-    done: mpsc::Receiver<()>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl PublisherHandle {
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        join_within(self.thread.take(), &self.done, "publisher");
-    }
-}
-
-async fn start_publisher(
-    http: &reqwest::Client,
-    http_addr: SocketAddr,
-    cert: &DtlsCert,
-) -> Result<PublisherHandle, String> {
-    let mut rtc = client_rtc(cert);
-    let (socket, local) = bind_loopback(&mut rtc)?;
-    let mut api = rtc.sdp_api();
-    let audio = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    let (offer, pending) = api.apply().ok_or("str0m made no offer")?;
-    let answer = post_sdp(
-        http,
-        http_addr,
-        &format!("/whip/{ROOM}"),
-        &offer.to_sdp_string(),
-    )
-    .await?;
-    accept_answer(&mut rtc, pending, &answer)?;
-    let audio_pt = pt_of(&rtc, Codec::Opus).ok_or("no Opus payload type")?;
-    let video_pt = pt_of(&rtc, Codec::Vp8).ok_or("no VP8 payload type")?;
-
-    let stats = Arc::new(PublisherStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done) = mpsc::channel();
-    let mut driver = PublisherDriver {
-        rtc,
-        socket,
-        local,
-        audio,
-        video,
-        audio_pt,
-        video_pt,
-        stats: stats.clone(),
-        stop: stop.clone(),
-        next_audio: None,
-        next_video: None,
-        audio_seq: 0,
-        video_seq: 0,
-        frame: 0,
-        picture_id: 0,
-        force_keyframe: true,
-    };
-    let thread = std::thread::Builder::new()
-        .name("publisher".into())
-        .spawn(move || {
-            if let Err(e) = driver.run() {
-                eprintln!("load: publisher stopped: {e}");
-            }
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| format!("spawn publisher: {e}"))?;
-    Ok(PublisherHandle {
-        stats,
-        stop,
-        done,
-        thread: Some(thread),
-    })
-}
-
-fn pt_of(rtc: &Rtc, codec: Codec) -> Option<Pt> {
-    rtc.codec_config()
-        .params()
-        .iter()
-        .find(|p| p.spec().codec == codec)
-        .map(|p| p.pt())
-}
-
-struct PublisherDriver {
-    rtc: Rtc,
-    socket: UdpSocket,
-    local: SocketAddr,
-    audio: Mid,
-    video: Mid,
-    audio_pt: Pt,
-    video_pt: Pt,
-    stats: Arc<PublisherStats>,
-    stop: Arc<AtomicBool>,
-    next_audio: Option<Instant>,
-    next_video: Option<Instant>,
-    audio_seq: u64,
-    video_seq: u64,
-    frame: u32,
-    picture_id: u16,
-    force_keyframe: bool,
-}
-
-impl PublisherDriver {
-    fn run(&mut self) -> Result<(), String> {
-        let mut buf = vec![0u8; 2048];
-        let audio_payload: Arc<[u8]> = {
-            let mut p = vec![0xfcu8];
-            p.resize(AUDIO_PAYLOAD, 0x5a);
-            p.into()
-        };
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if self.stats.connected.load(Ordering::Relaxed) {
-                self.produce(now, &audio_payload);
-            }
-            let timeout = self.drain()?;
-            let mut wake = timeout.min(Instant::now() + CLIENT_TICK);
-            for due in [self.next_audio, self.next_video].into_iter().flatten() {
-                wake = wake.min(due);
-            }
-            let now = Instant::now();
-            if wake > now {
-                let wait = (wake - now).max(Duration::from_micros(100));
-                self.socket
-                    .set_read_timeout(Some(wait))
-                    .map_err(|e| format!("set_read_timeout: {e}"))?;
-                match self.socket.recv_from(&mut buf) {
-                    Ok((n, source)) => {
-                        if let Some(input) = receive_input(&buf[..n], source, self.local) {
-                            self.rtc
-                                .handle_input(input)
-                                .map_err(|e| format!("handle_input: {e}"))?;
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                        ) => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
-                    Err(e) => return Err(format!("recv_from: {e}")),
-                }
-            }
-            self.rtc
-                .handle_input(Input::Timeout(Instant::now()))
-                .map_err(|e| format!("handle_input(timeout): {e}"))?;
-        }
-    }
-
-    fn drain(&mut self) -> Result<Instant, String> {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Event(Event::Connected)) => {
-                    self.stats.connected.store(true, Ordering::Relaxed);
-                }
-                Ok(Output::Event(Event::KeyframeRequest(_))) => {
-                    self.stats.plis.fetch_add(1, Ordering::Relaxed);
-                    self.force_keyframe = true;
-                }
-                Ok(Output::Event(_)) => {}
-                Err(e) => return Err(format!("poll_output: {e}")),
-            }
-        }
-    }
-
-    fn produce(&mut self, now: Instant, audio_payload: &Arc<[u8]>) {
-        let mut direct = self.rtc.direct_api();
-        let due = *self.next_audio.get_or_insert(now);
-        if due <= now {
-            if let Some(tx) = direct.stream_tx_by_mid(self.audio, None) {
-                let mut due = due;
-                while due <= now {
-                    let ts = (self.audio_seq as u32).wrapping_mul(960);
-                    tx.write_rtp(
-                        RtpWrite::new(
-                            self.audio_pt,
-                            self.audio_seq.into(),
-                            ts,
-                            now,
-                            audio_payload.clone(),
-                        )
-                        .marker(self.audio_seq == 0),
-                    );
-                    self.audio_seq += 1;
-                    self.stats.audio.fetch_add(1, Ordering::Relaxed);
-                    due += AUDIO_INTERVAL;
-                }
-                self.next_audio = Some(due);
-            }
-        }
-        let due = *self.next_video.get_or_insert(now);
-        if due <= now {
-            if let Some(tx) = direct.stream_tx_by_mid(self.video, None) {
-                let mut due = due;
-                while due <= now {
-                    let keyframe = std::mem::take(&mut self.force_keyframe);
-                    if keyframe {
-                        self.stats.keyframes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let ts = self.frame.wrapping_mul(3000);
-                    for i in 0..VIDEO_PACKETS_PER_FRAME {
-                        let payload = vp8_payload(self.picture_id, i == 0, keyframe, self.frame);
-                        tx.write_rtp(
-                            RtpWrite::new(self.video_pt, self.video_seq.into(), ts, now, payload)
-                                .marker(i + 1 == VIDEO_PACKETS_PER_FRAME)
-                                .nackable(true),
-                        );
-                        self.video_seq += 1;
-                        self.stats.video.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.frame += 1;
-                    self.picture_id = (self.picture_id + 1) & 0x7fff;
-                    due += FRAME_INTERVAL;
-                }
-                self.next_video = Some(due);
-            }
-        }
-    }
-}
-
-/// A VP8 RTP payload (RFC 7741) of `VIDEO_PAYLOAD` bytes: descriptor with a
-/// 15-bit picture id; on a frame's first packet, the frame tag (P bit 0 on a
-/// keyframe, which also carries the start code and size).
-fn vp8_payload(picture_id: u16, start: bool, keyframe: bool, frame: u32) -> Arc<[u8]> {
-    let mut p = Vec::with_capacity(VIDEO_PAYLOAD);
-    p.push(if start { 0x90 } else { 0x80 });
-    p.push(0x80);
-    p.push(0x80 | (picture_id >> 8) as u8);
-    p.push((picture_id & 0xff) as u8);
-    if start {
-        vp8_tag::push_frame_tag(&mut p, keyframe);
-    }
-    let fill = (frame & 0xff) as u8;
-    p.resize(VIDEO_PAYLOAD, fill);
-    p.into()
-}
-
-// ---- the viewers ----------------------------------------------------------------
-
-/// A viewer that has made its offer.
-struct PendingViewer {
-    rtc: Rtc,
-    socket: UdpSocket,
-    local: SocketAddr,
-    pending: SdpPendingOffer,
-    offer: String,
-}
-
-impl PendingViewer {
-    fn offer(cert: &DtlsCert) -> Result<Self, String> {
-        let mut rtc = client_rtc(cert);
-        let (socket, local) = bind_loopback(&mut rtc)?;
-        let mut api = rtc.sdp_api();
-        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = api.apply().ok_or("str0m made no offer")?;
-        Ok(PendingViewer {
-            rtc,
-            socket,
-            local,
-            pending,
-            offer: offer.to_sdp_string(),
-        })
-    }
-
-    fn accept(mut self, answer: &str) -> Result<Viewer, String> {
-        accept_answer(&mut self.rtc, self.pending, answer)?;
-        self.socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("set_nonblocking: {e}"))?;
-        Ok(Viewer {
-            rtc: self.rtc,
-            socket: mio::net::UdpSocket::from_std(self.socket),
-            local: self.local,
-            next: Instant::now(),
-            connected: false,
-            failed: false,
-            audio: 0,
-            video: 0,
-            streams: Vec::new(),
-        })
-    }
-}
-
-/// One received stream: first and highest extended sequence number.
-struct Stream {
-    ssrc: u32,
-    first: u64,
-    highest: u64,
-}
-
-struct Viewer {
-    rtc: Rtc,
-    socket: mio::net::UdpSocket,
-    local: SocketAddr,
-    next: Instant,
-    connected: bool,
-    failed: bool,
-    audio: u64,
-    video: u64,
-    streams: Vec<Stream>,
-}
-
-impl Viewer {
-    /// Polls str0m until it wants a timeout; sends, counts.
-    fn drain(&mut self, audio_pt: u8) {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    self.next = t;
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Event(Event::Connected)) => self.connected = true,
-                Ok(Output::Event(Event::RtpPacket(p))) => {
-                    if *p.header.payload_type == audio_pt {
-                        self.audio += 1;
-                    } else {
-                        self.video += 1;
-                    }
-                    let ssrc = *p.header.ssrc;
-                    let seq = *p.seq_no;
-                    match self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
-                        Some(s) => s.highest = s.highest.max(seq),
-                        None => self.streams.push(Stream {
-                            ssrc,
-                            first: seq,
-                            highest: seq,
-                        }),
-                    }
-                }
-                Ok(Output::Event(_)) => {}
-                Err(_) => {
-                    self.failed = true;
-                    self.next = Instant::now() + Duration::from_secs(3600);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Packets the streams seen so far should have brought.
-    fn expected(&self) -> u64 {
-        self.streams
-            .iter()
-            .map(|s| s.highest - s.first + 1)
-            .sum::<u64>()
-    }
-}
-
-/// What all viewers have done so far.
-#[derive(Debug, Clone, Copy, Default)]
-struct PoolSnapshot {
-    connected: usize,
-    /// Viewers that received video.
-    receiving: usize,
-    failed: usize,
-    audio: u64,
-    video: u64,
-    expected: u64,
-}
-
-enum PoolCommand {
-    Add(Box<Viewer>),
-    Snapshot(mpsc::Sender<PoolSnapshot>),
-}
-
-const POOL_WAKER: Token = Token(usize::MAX);
-
-/// The thread that drives every viewer.
-struct ViewerPool {
-    commands: mpsc::Sender<PoolCommand>,
-    waker: Arc<Waker>,
-    stop: Arc<AtomicBool>,
-    done: mpsc::Receiver<()>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ViewerPool {
-    fn start() -> Result<Self, String> {
-        let poll = Poll::new().map_err(|e| format!("mio poll: {e}"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), POOL_WAKER).map_err(|e| e.to_string())?);
-        let (commands, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (done_tx, done) = mpsc::channel();
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("viewers".into())
-            .spawn(move || {
-                drive_viewers(poll, rx, &thread_stop);
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| format!("spawn viewers: {e}"))?;
-        Ok(ViewerPool {
-            commands,
-            waker,
-            stop,
-            done,
-            thread: Some(thread),
-        })
-    }
-
-    fn add(&self, viewer: Viewer) -> Result<(), String> {
-        self.commands
-            .send(PoolCommand::Add(Box::new(viewer)))
-            .map_err(|_| "the viewers' thread has stopped".to_string())?;
-        let _ = self.waker.wake();
-        Ok(())
-    }
-
-    fn snapshot(&self) -> PoolSnapshot {
-        let (tx, rx) = mpsc::channel();
-        if self.commands.send(PoolCommand::Snapshot(tx)).is_err() {
-            return PoolSnapshot::default();
-        }
-        let _ = self.waker.wake();
-        rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.waker.wake();
-        join_within(self.thread.take(), &self.done, "viewers");
-    }
-}
-
-fn drive_viewers(mut poll: Poll, commands: mpsc::Receiver<PoolCommand>, stop: &AtomicBool) {
-    let audio_pt = 111u8;
-    let mut viewers: Vec<Viewer> = Vec::new();
-    let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let wake = viewers
-            .iter()
-            .map(|v| v.next)
-            .min()
-            .unwrap_or(now + CLIENT_TICK)
-            .min(now + CLIENT_TICK);
-        let _ = poll.poll(&mut events, Some(wake.saturating_duration_since(now)));
-        for event in events.iter() {
-            let Some(v) = viewers.get_mut(event.token().0) else {
-                continue;
-            };
-            // Edge-triggered: read until the socket is empty.
-            for _ in 0..10_000 {
-                match v.socket.recv_from(&mut buf) {
-                    Ok((n, source)) => {
-                        if v.failed {
-                            continue;
-                        }
-                        if let Some(input) = receive_input(&buf[..n], source, v.local) {
-                            if v.rtc.handle_input(input).is_err() {
-                                v.failed = true;
-                            }
-                        }
-                        // str0m holds one RTP packet until polled: drain each time.
-                        v.drain(audio_pt);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        let now = Instant::now();
-        for v in viewers.iter_mut().filter(|v| v.next <= now && !v.failed) {
-            if v.rtc.handle_input(Input::Timeout(now)).is_err() {
-                v.failed = true;
-            }
-            v.drain(audio_pt);
-        }
-        while let Ok(command) = commands.try_recv() {
-            match command {
-                PoolCommand::Add(mut v) => {
-                    let token = Token(viewers.len());
-                    if poll
-                        .registry()
-                        .register(&mut v.socket, token, Interest::READABLE)
-                        .is_err()
-                    {
-                        v.failed = true;
-                    }
-                    v.drain(audio_pt);
-                    viewers.push(*v);
-                }
-                PoolCommand::Snapshot(reply) => {
-                    let mut s = PoolSnapshot::default();
-                    for v in &viewers {
-                        s.connected += usize::from(v.connected);
-                        s.receiving += usize::from(v.video > 0);
-                        s.failed += usize::from(v.failed);
-                        s.audio += v.audio;
-                        s.video += v.video;
-                        s.expected += v.expected();
-                    }
-                    let _ = reply.send(s);
-                }
-            }
-        }
-    }
-}
-
-/// Joins `thread` if it says it is done within `STOP_TIMEOUT`; otherwise leaves it.
-fn join_within(thread: Option<JoinHandle<()>>, done: &mpsc::Receiver<()>, name: &str) {
-    match done.recv_timeout(STOP_TIMEOUT) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Some(t) = thread {
-                let _ = t.join();
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            eprintln!("load: the {name} thread did not stop within {STOP_TIMEOUT:?}; left running");
-        }
-    }
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("switchboard_rtp_packets_forwarded_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Ok(total as u64)
 }
 
 // ---- /proc ----------------------------------------------------------------------

@@ -271,9 +271,15 @@ impl Driver {
             let count = packets.len();
             for (i, p) in packets.into_iter().enumerate() {
                 tx.write_rtp(
-                    RtpWrite::new(self.video_pt, self.video_seq.into(), ts, now, Arc::<[u8]>::from(p))
-                        .marker(i + 1 == count)
-                        .nackable(true),
+                    RtpWrite::new(
+                        self.video_pt,
+                        self.video_seq.into(),
+                        ts,
+                        now,
+                        Arc::<[u8]>::from(p),
+                    )
+                    .marker(i + 1 == count)
+                    .nackable(true),
                 );
                 self.video_seq += 1;
                 self.stats.video.fetch_add(1, Ordering::Relaxed);

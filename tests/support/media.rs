@@ -219,7 +219,7 @@ pub fn video_frame(
                 }
             }
             if start {
-                super::vp8_tag::push_frame_tag(&mut p, keyframe);
+                switchboard::load::payload::push_vp8_frame_tag(&mut p, keyframe);
             }
             let body = if keyframe { 900 } else { 600 };
             filler(&id, body, &mut p);

@@ -12,7 +12,6 @@ pub mod obs;
 pub mod peer;
 pub mod rng;
 pub mod shaper;
-pub mod vp8_tag;
 
 use std::future::Future;
 use std::net::SocketAddr;
