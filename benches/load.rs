@@ -307,11 +307,12 @@ fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
         "every viewer to connect and receive video",
         CONNECT_TIMEOUT,
         || {
-            let s = viewers.snapshot();
-            s.connected >= n && s.first_video.len() >= n
+            viewers
+                .snapshot()
+                .is_ok_and(|s| s.connected >= n && s.first_video.len() >= n)
         },
     );
-    let snap = viewers.snapshot();
+    let snap = viewers.snapshot()?;
     row.connected = snap.connected;
     row.join_secs = joined_at.elapsed().as_secs_f64();
     if let Err(e) = waited {
@@ -332,10 +333,10 @@ fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
     let plis0 = publisher.stats.keyframe_requests.load(Ordering::Relaxed);
     let host0 = host_cpu();
     let cpu0 = thread_cpu();
-    let v0 = viewers.snapshot();
+    let v0 = viewers.snapshot()?;
     let t0 = Instant::now();
     std::thread::sleep(plan.window);
-    let v1 = viewers.snapshot().since(&v0);
+    let v1 = viewers.snapshot()?.since(&v0);
     let cpu1 = thread_cpu();
     let host1 = host_cpu();
     row.window_secs = t0.elapsed().as_secs_f64();

@@ -285,7 +285,7 @@ impl Metrics {
             packets_resent: counter(
                 "rtp_packets_resent_total",
                 "Packets sent to viewers beyond those forwarded: retransmissions answering \
-                 NACKs, and bandwidth-probe padding (from the stack's stats every 2 s).",
+                 NACKs (from the stack's stats every 2 s; probe padding is not counted).",
             ),
             keyframe_requests_received: counter_vec(
                 "keyframe_requests_received_total",

@@ -154,6 +154,18 @@ async fn a_real_session_moves_the_counters_and_passes_promtool() {
         ] {
             assert_eq!(sample(&after, series), Some(0.0), "{series}:\n{after}");
         }
+        // The clients went away without a DELETE: the server ended both on its
+        // own (closed, or silent once nothing came any more), and counted them.
+        let reaped = ["closed", "silent"]
+            .iter()
+            .filter_map(|r| {
+                sample(
+                    &after,
+                    &format!("switchboard_sessions_reaped_total{{reason=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>();
+        assert_eq!(reaped, 2.0, "{after}");
 
         if let Some(promtool) = tool("promtool") {
             let mut child = Command::new(promtool)

@@ -14,6 +14,10 @@ use super::payload::VideoCodec;
 
 /// How long a WHIP/WHEP POST may take.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a DELETE at the end may take.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much of an error body a join failure keeps.
+const DETAIL_LIMIT: usize = 300;
 
 /// A client `Rtc`: RTP mode, Opus and the one video codec.
 pub fn client_rtc(video: VideoCodec) -> Rtc {
@@ -89,6 +93,7 @@ pub struct Created {
 }
 
 impl Endpoint {
+    /// `base` is `http://host[:port][/prefix]`.
     pub fn new(base: &str, token: Option<String>) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(HTTP_TIMEOUT))
@@ -130,7 +135,8 @@ impl Endpoint {
                 .ok()
                 .and_then(|p| p["detail"].as_str().map(str::to_string))
                 .unwrap_or(body);
-            return Err(format!("{status}: {}", detail.trim()));
+            let detail: String = detail.trim().chars().take(DETAIL_LIMIT).collect();
+            return Err(format!("{status}: {detail}"));
         }
         Ok(Created {
             answer: body,
@@ -138,20 +144,68 @@ impl Endpoint {
         })
     }
 
-    /// DELETEs a session resource (best effort).
+    /// DELETEs a session resource (best effort, briefly). The token goes only to
+    /// the server it was given for.
     pub fn delete(&self, location: &str) {
-        let mut request = self.agent.delete(location);
-        if let Some(token) = &self.token {
+        let mut request = self
+            .agent
+            .delete(location)
+            .config()
+            .timeout_global(Some(DELETE_TIMEOUT))
+            .build();
+        if let Some(token) = self
+            .token
+            .as_ref()
+            .filter(|_| location.starts_with(&self.origin()))
+        {
             request = request.header("Authorization", &format!("Bearer {token}"));
         }
         let _ = request.call();
     }
 
+    /// `scheme://host[:port]` of the base URL.
+    fn origin(&self) -> String {
+        origin_of(&self.base)
+    }
+
+    /// A `Location` made absolute (RFC 3986 reference resolution, for the forms
+    /// servers use: absolute, origin-relative, path-relative).
     fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_string()
-        } else {
-            format!("{}{location}", self.base)
-        }
+        resolve(&self.base, location)
+    }
+}
+
+fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => url[..after_scheme + i].to_string(),
+        None => url.to_string(),
+    }
+}
+
+/// `location` resolved against the POST's URL `base` + `/whip/...`.
+fn resolve(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if location.starts_with('/') {
+        format!("{}{location}", origin_of(base))
+    } else {
+        // Relative to the POSTed resource's directory: {base}/whip/ or /whep/.
+        format!("{}/{location}", base.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_against_the_server() {
+        let base = "http://127.0.0.1:8080/sfu";
+        assert_eq!(resolve(base, "/whep/r/1"), "http://127.0.0.1:8080/whep/r/1");
+        assert_eq!(resolve(base, "http://other:1/x"), "http://other:1/x");
+        assert_eq!(resolve(base, "r/1"), "http://127.0.0.1:8080/sfu/r/1");
+        assert_eq!(origin_of("http://h:1"), "http://h:1");
+        assert_eq!(origin_of("http://h:1/a/b"), "http://h:1");
     }
 }

@@ -333,22 +333,25 @@ impl Pools {
         Ok(())
     }
 
-    /// Every pool's viewers together.
-    pub fn snapshot(&self) -> PoolSnapshot {
-        let answers: Vec<_> = self
-            .pools
-            .iter()
-            .filter_map(|p| {
-                let (tx, rx) = mpsc::channel();
-                p.commands.send(Command::Snapshot(tx)).ok()?;
-                let _ = p.waker.wake();
-                Some(rx)
-            })
-            .collect();
+    /// Every pool's viewers together; an error if a pool does not answer (its
+    /// counts would be missing from the sum).
+    pub fn snapshot(&self) -> Result<PoolSnapshot, String> {
+        let mut answers = Vec::with_capacity(self.pools.len());
+        for p in &self.pools {
+            let (tx, rx) = mpsc::channel();
+            p.commands
+                .send(Command::Snapshot(tx))
+                .map_err(|_| "a viewers' thread has stopped".to_string())?;
+            let _ = p.waker.wake();
+            answers.push(rx);
+        }
         answers
             .into_iter()
-            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(5)).ok())
-            .fold(PoolSnapshot::empty(), PoolSnapshot::merge)
+            .try_fold(PoolSnapshot::empty(), |sum, rx| {
+                rx.recv_timeout(Duration::from_secs(5))
+                    .map(|s| sum.merge(s))
+                    .map_err(|_| "a viewers' thread did not answer within 5 s".to_string())
+            })
     }
 
     /// Latency is measured from now on (the join's burst left out).
@@ -398,8 +401,10 @@ fn drive(mut poll: Poll, commands: &mpsc::Receiver<Command>, stop: &AtomicBool) 
     let mut latency = latency_histogram();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        // A failed viewer is never polled again: its `next` must not spin the loop.
         let wake = viewers
             .iter()
+            .filter(|v| v.failed.is_none())
             .map(|v| v.next)
             .min()
             .unwrap_or(now + TICK)

@@ -112,6 +112,8 @@ pub struct Peer {
     /// decrypted. Forged or rejected datagrams never move it.
     pub last_alive: Instant,
     pub connected: bool,
+    /// The shard counts it as connected in its metrics.
+    pub counted_connected: bool,
     pub ice_state: IceConnectionState,
     /// When `rtc` next wants `handle_input(Timeout)`.
     pub next_timeout: Option<Instant>,
@@ -218,6 +220,7 @@ impl Peer {
             created: now,
             last_alive: now,
             connected: false,
+            counted_connected: false,
             ice_state: IceConnectionState::New,
             next_timeout: None,
             ufrag: credentials.ufrag,

@@ -26,6 +26,9 @@ pub struct StatsDelta {
     pub estimate_bps: Option<u64>,
 }
 
+/// One m-line, and its simulcast layer.
+type StreamKey = (Mid, Option<Rid>);
+
 #[derive(Debug, Clone, Copy, Default)]
 struct EgressTotals {
     packets: u64,
@@ -38,8 +41,9 @@ struct EgressTotals {
 /// peer's m-lines).
 #[derive(Debug, Default)]
 pub struct StatsTracker {
-    egress: Vec<((Mid, Option<Rid>), EgressTotals)>,
-    ingress: Vec<((Mid, Option<Rid>), u64)>,
+    egress: Vec<(StreamKey, EgressTotals)>,
+    /// Per incoming m-line and layer: NACKs sent and packets received so far.
+    ingress: Vec<(StreamKey, (u64, u64))>,
     /// Packets str0m says it sent, all m-lines together.
     egress_packets: u64,
     /// Packets we wrote into the peer's streams.
@@ -87,16 +91,19 @@ impl StatsTracker {
 
     pub fn on_ingress(&mut self, s: &MediaIngressStats) -> StatsDelta {
         let key = (s.mid, s.rid);
-        let before = match self.ingress.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, last)) => std::mem::replace(last, s.nacks),
+        let now = (s.nacks, s.packets);
+        let (nacks, packets) = match self.ingress.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, last)) => std::mem::replace(last, now),
             None => {
-                self.ingress.push((key, s.nacks));
-                0
+                self.ingress.push((key, now));
+                (0, 0)
             }
         };
         StatsDelta {
-            nacks_sent: s.nacks.saturating_sub(before),
-            loss_in: s.loss.filter(|l| l.is_finite()),
+            nacks_sent: s.nacks.saturating_sub(nacks),
+            // A stream that stopped (a paused layer) keeps reporting its last
+            // fraction: only a stream that moved says anything about loss now.
+            loss_in: s.loss.filter(|l| l.is_finite() && s.packets > packets),
             ..StatsDelta::default()
         }
     }

@@ -882,6 +882,12 @@ impl ShardLoop {
         let Some(mut peer) = self.peers.remove(&key) else {
             return false;
         };
+        // Counted at once: a panic further on (contained) leaves no gauge behind.
+        self.metrics
+            .sessions_ended
+            .with_label_values(&[peer.role.as_str()])
+            .inc();
+        count_session(&self.metrics, &peer, -1);
         self.demux.remove_session(key);
         self.replaying.retain(|k| *k != key);
         peer.disconnect();
@@ -911,11 +917,6 @@ impl ShardLoop {
                 self.count_viewer_everywhere(&room, false);
             }
         }
-        self.metrics
-            .sessions_ended
-            .with_label_values(&[peer.role.as_str()])
-            .inc();
-        count_session(&self.metrics, &peer, -1);
         tracing::info!(session = %key, room = %room, role = peer.role.as_str(), participant = %peer.participant.identity, reason, "session ended");
         true
     }
@@ -949,10 +950,7 @@ impl ShardLoop {
             .filter_map(|p| p.reap_reason(now, timeout).map(|why| (p.key, why)))
             .collect();
         for (key, why) in doomed {
-            self.metrics
-                .sessions_reaped
-                .with_label_values(&[Metrics::reap_label(why)])
-                .inc();
+            self.count_reaped(why);
             self.guarded("reap", Some(key), |s| s.end_peer(key, why));
         }
         self.drain_queue();
@@ -981,6 +979,15 @@ impl ShardLoop {
             }
         }
         self.flush_sends();
+        // The turn's packets have reached their last viewer here.
+        if !self.written_arrivals.is_empty() {
+            let now = Instant::now();
+            for arrival in self.written_arrivals.drain(..) {
+                self.metrics
+                    .packet_server_seconds
+                    .observe(now.saturating_duration_since(arrival).as_secs_f64());
+            }
+        }
     }
 
     /// Polls one peer until it has nothing more to say and acts on its events.
@@ -1016,14 +1023,6 @@ impl ShardLoop {
         self.metrics.datagrams_sent.inc_by(sent.datagrams);
         self.metrics.udp_bytes_sent.inc_by(sent.bytes);
         self.metrics.send_errors.inc_by(sent.failed);
-        if !self.written_arrivals.is_empty() {
-            let now = Instant::now();
-            for arrival in self.written_arrivals.drain(..) {
-                self.metrics
-                    .packet_server_seconds
-                    .observe(now.saturating_duration_since(arrival).as_secs_f64());
-            }
-        }
     }
 
     fn on_peer_event(&mut self, key: PeerKey, event: PeerEvent) {
@@ -1042,11 +1041,12 @@ impl ShardLoop {
                 }
             }
             PeerEvent::Connected => {
-                if let Some(peer) = self.peers.get(&key) {
+                if let Some(peer) = self.peers.get_mut(&key) {
                     let role = peer.role.as_str();
                     let sessions = &self.metrics.sessions;
                     sessions.with_label_values(&[role, "connecting"]).dec();
                     sessions.with_label_values(&[role, "connected"]).inc();
+                    peer.counted_connected = true;
                     tracing::info!(session = %key, room = %peer.room, role = peer.role.as_str(), participant = %peer.participant.identity, "connected");
                     if peer.role == Role::Publisher {
                         self.registry.set_live(&peer.room, key);
@@ -1102,6 +1102,7 @@ impl ShardLoop {
             }
             PeerEvent::Stats(delta) => self.count_stats(&delta),
             PeerEvent::Gone(why) => {
+                self.count_reaped(why);
                 self.end_peer(key, why);
             }
             PeerEvent::Failed(why) => {
@@ -1109,9 +1110,18 @@ impl ShardLoop {
                     .panics_contained
                     .with_label_values(&["session"])
                     .inc();
+                self.count_reaped(why);
                 self.end_peer(key, why);
             }
         }
+    }
+
+    /// A session the server ends on its own (reaped, closed, failed), by reason.
+    fn count_reaped(&self, why: &str) {
+        self.metrics
+            .sessions_reaped
+            .with_label_values(&[Metrics::reap_label(why)])
+            .inc();
     }
 
     /// Adds one peer's stats report to the metrics.
@@ -1618,7 +1628,8 @@ impl MediaCounters {
 /// A session starts (`+1`) or ends (`-1`): the gauges of open sessions by role
 /// and state, and of published tracks and viewer slots by kind.
 fn count_session(metrics: &Metrics, peer: &Peer, change: i64) {
-    let state = if peer.connected {
+    // The state it is counted in (the shard moves it when it handles `Connected`).
+    let state = if peer.counted_connected {
         "connected"
     } else {
         "connecting"
