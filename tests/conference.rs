@@ -265,6 +265,52 @@ async fn a_participant_whose_audio_level_rises_takes_the_speaker_slot() {
     .await;
 }
 
+/// A publisher that stops sending is announced `track-muted` for each of its
+/// tracks, and `track-unmuted` when it sends again; the viewer's slot shows it
+/// again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_without_media_is_muted_and_unmuted() {
+    init_logging();
+    with_timeout(TEST_LIMIT, async {
+        let server = start_server(Config::for_tests()).await;
+        let a = flow::publish(&server, "mute", publisher(1, "a")).await;
+        let v = flow::view(&server, "mute", viewer("v", 1)).await;
+        let mut events = Events::open(server.http_addr(), &v.session.location)
+            .await
+            .expect("events");
+        wait_until("a shown", WAIT, || tags(&v, Kind::Video).contains(&1))
+            .await
+            .expect("a shown");
+        a.pause();
+        let muted = |seen: &str| {
+            let kinds: BTreeSet<String> = events_in(seen, "track-muted")
+                .iter()
+                .filter(|e| e["participant"] == "a")
+                .filter_map(|e| e["kind"].as_str().map(String::from))
+                .collect();
+            kinds == BTreeSet::from(["audio".to_string(), "video".to_string()])
+        };
+        events.until(WAIT, muted).await.expect("both tracks muted");
+        assert!(
+            events_in(&events.seen, "track-unmuted").is_empty(),
+            "{}",
+            events.seen
+        );
+        let before = v.count(Kind::Video);
+        a.resume();
+        events
+            .until(WAIT, |seen| events_in(seen, "track-unmuted").len() == 2)
+            .await
+            .expect("both tracks unmuted");
+        wait_until("video again", WAIT, || v.count(Kind::Video) > before + 10)
+            .await
+            .expect("the slot shows it again");
+        drop((a, v));
+        server.shutdown().await;
+    })
+    .await;
+}
+
 const SECRET: &str = "a test secret of at least 32 bytes!";
 
 fn token(sub: &str, publish: bool, admin: bool) -> String {
