@@ -278,9 +278,17 @@ async fn a_track_without_media_is_muted_and_unmuted() {
         let mut events = Events::open(server.http_addr(), &v.session.location)
             .await
             .expect("events");
-        wait_until("a shown", WAIT, || tags(&v, Kind::Video).contains(&1))
-            .await
-            .expect("a shown");
+        wait_until("a shown and heard", WAIT, || {
+            tags(&v, Kind::Video).contains(&1) && tags(&v, Kind::Audio).contains(&1)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: video {:?} audio {:?}",
+                tags_by_mid(&v, Kind::Video),
+                tags_by_mid(&v, Kind::Audio)
+            )
+        });
         a.pause();
         let muted = |seen: &str| {
             let kinds: BTreeSet<String> = events_in(seen, "track-muted")
