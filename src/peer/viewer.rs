@@ -93,6 +93,29 @@ impl Shown {
     }
 }
 
+impl Shown {
+    /// The layer switch's verdict on one packet of the track followed, and the
+    /// keyframe (track, layer) it wishes for, if any.
+    fn admit(
+        &mut self,
+        packet: &MediaPacket,
+        estimate: Option<u64>,
+        preference: Preference,
+        now: Instant,
+    ) -> (Admit, Option<(u64, u8)>) {
+        let admit = self.layers.admit(
+            &packet.layers,
+            packet.layer,
+            packet.keyframe,
+            estimate,
+            preference,
+            now,
+        );
+        let wish = self.layers.take_keyframe_wish().map(|l| (packet.track, l));
+        (admit, wish)
+    }
+}
+
 impl Slot {
     fn shows(&self, track: u64) -> bool {
         self.shown.as_ref().is_some_and(|s| s.track == track)
@@ -423,18 +446,9 @@ impl ViewerSide {
                 return WriteOutcome::Skipped;
             };
             let ready = if packet.layers.is_simulcast() {
-                let admit = next.layers.admit(
-                    &packet.layers,
-                    packet.layer,
-                    packet.keyframe,
-                    estimate,
-                    self.preference,
-                    now,
-                );
-                if let Some(layer) = next.layers.take_keyframe_wish() {
-                    self.keyframe_wishes.push((packet.track, layer));
-                }
-                admit == Admit::Switch
+                let admit = next.admit(packet, estimate, self.preference, now);
+                self.keyframe_wishes.extend(admit.1);
+                admit.0 == Admit::Switch
             } else {
                 packet.keyframe
             };
@@ -457,17 +471,8 @@ impl ViewerSide {
             shown.track_layers = Some(Arc::clone(&packet.layers));
         }
         if packet.layers.is_simulcast() {
-            let admit = shown.layers.admit(
-                &packet.layers,
-                packet.layer,
-                packet.keyframe,
-                estimate,
-                self.preference,
-                now,
-            );
-            if let Some(layer) = shown.layers.take_keyframe_wish() {
-                self.keyframe_wishes.push((packet.track, layer));
-            }
+            let (admit, wish) = shown.admit(packet, estimate, self.preference, now);
+            self.keyframe_wishes.extend(wish);
             if shown.layers.evaluated_at(now) {
                 shown.temporal_by_bandwidth = match shown.layers.forwarding() {
                     Some(layer) => temporal_target(
