@@ -415,3 +415,75 @@ pub fn media_payload(data: &[u8]) -> Option<crate::router::resolution::Resolutio
     assert!(size.is_none_or(|s| s.width > 0 && s.height > 0));
     size
 }
+
+// ---------------------------------------------------------------------------
+// Conferences: the pin API's body, and the slot policy's table.
+// ---------------------------------------------------------------------------
+
+/// A `PUT /whep/{room}/{session}/pins` body: the pins in force, or the 400's
+/// reason. A list is never longer than the cap, nor holds an identity twice.
+pub fn pins_body(data: &[u8]) -> Result<usize, String> {
+    let text = std::str::from_utf8(data).map_err(|e| e.to_string())?;
+    let pins = crate::http::pins::parse_body(text)?;
+    assert!(pins.len() <= crate::http::pins::MAX_PINS);
+    for (i, p) in pins.iter().enumerate() {
+        assert!(!pins[..i].contains(p), "a pin twice");
+    }
+    Ok(pins.len())
+}
+
+/// The slot policy on a room and a viewer decoded from bytes: byte 0 the number
+/// of slots, byte 1 of pins, then per candidate three bytes (track, loudness,
+/// flags: muted, spoke recently), and per current slot a byte (0: empty). Panics
+/// (the fuzzer's finding) if a slot shows an unknown track, a track shows twice,
+/// or slots stay empty while candidates wait.
+pub fn slot_policy(data: &[u8]) {
+    use crate::router::slots::{assign_audio, assign_video, Candidate};
+    let [slots, pins, rest @ ..] = data else {
+        return;
+    };
+    let slots = usize::from(slots % 17);
+    let (current, rest) = rest.split_at(slots.min(rest.len()));
+    let now = Instant::now();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for chunk in rest.chunks_exact(3) {
+        let track = u64::from(chunk[0]);
+        if candidates.iter().any(|c| c.track == track) {
+            continue;
+        }
+        candidates.push(Candidate {
+            track,
+            participant: format!("p{}", chunk[0] % 7).into(),
+            muted: chunk[2] & 1 == 1,
+            loudness: f32::from(chunk[1] % 128),
+            last_spoke: (chunk[2] & 2 == 2)
+                .then(|| now - Duration::from_millis(u64::from(chunk[2]))),
+            order: u64::from(chunk[1]),
+        });
+    }
+    let pins: Vec<std::sync::Arc<str>> = (0..pins % 4).map(|i| format!("p{i}").into()).collect();
+    let mut current: Vec<Option<u64>> = current
+        .iter()
+        .map(|t| (*t != 0).then_some(u64::from(*t)))
+        .collect();
+    current.resize(slots, None);
+    for out in [
+        assign_audio(&current, &candidates),
+        assign_video(&current, &candidates, &pins),
+    ] {
+        assert_eq!(out.len(), slots);
+        let shown: Vec<u64> = out.iter().flatten().copied().collect();
+        for (i, t) in shown.iter().enumerate() {
+            assert!(
+                candidates.iter().any(|c| c.track == *t),
+                "an unknown track shown"
+            );
+            assert!(!shown[..i].contains(t), "a track in two slots");
+        }
+        assert_eq!(
+            shown.len(),
+            slots.min(candidates.len()),
+            "a slot left empty"
+        );
+    }
+}

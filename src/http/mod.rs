@@ -3,7 +3,7 @@
 
 mod events;
 mod layer;
-mod pins;
+pub(crate) mod pins;
 mod problem;
 mod rooms;
 mod sdpfrag;

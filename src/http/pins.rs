@@ -50,9 +50,7 @@ pub async fn put_pins(
         viewer_session(&state, &room, &session)?;
         require_content_type(request.headers(), "application/json")?;
         let text = read_body(request.into_body(), &state.config.http).await?;
-        let body: PinsBody = serde_json::from_str(&text)
-            .map_err(|e| Problem::bad_request(format!("the pins are not valid: {e}")))?;
-        parse(body.pins)
+        parse_body(&text).map_err(Problem::bad_request)
     };
     match pins.await {
         Ok(pins) => respond(ask(&state, &room, &session, Some(pins)).await),
@@ -60,19 +58,24 @@ pub async fn put_pins(
     }
 }
 
+/// A `PUT .../pins` body, checked: the pins in force, or why it is a 400.
+pub fn parse_body(text: &str) -> Result<Vec<Arc<str>>, String> {
+    let body: PinsBody =
+        serde_json::from_str(text).map_err(|e| format!("the pins are not valid: {e}"))?;
+    parse(body.pins)
+}
+
 /// The list checked: bounded, each identity well formed, no repeats.
-fn parse(pins: Vec<String>) -> Result<Vec<Arc<str>>, Problem> {
+fn parse(pins: Vec<String>) -> Result<Vec<Arc<str>>, String> {
     if pins.len() > MAX_PINS {
-        return Err(Problem::bad_request(format!(
-            "at most {MAX_PINS} participants may be pinned"
-        )));
+        return Err(format!("at most {MAX_PINS} participants may be pinned"));
     }
     let mut out: Vec<Arc<str>> = Vec::with_capacity(pins.len());
     for pin in pins {
         if !fits_identity(&pin) {
-            return Err(Problem::bad_request(
-                "a pinned identity is 1 to 64 characters, none of them control characters",
-            ));
+            return Err(
+                "a pinned identity is 1 to 64 characters, none of them control characters".into(),
+            );
         }
         if !out.iter().any(|p| **p == *pin) {
             out.push(pin.into());
