@@ -69,7 +69,7 @@ impl Bench {
         }
         let mut subs = subs;
         for sub in &mut subs {
-            sub.peer.assign_slots(&sources);
+            sub.peer.assign_slots(&sources, false);
         }
         let mut bench = Bench {
             clock,

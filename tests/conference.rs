@@ -9,11 +9,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use support::auth::{auth_on, claims, mint};
 use support::flow::{self, start_server};
 use support::http::{self, events_in, Events};
 use support::media::is_vp8_keyframe_start;
 use support::{init_logging, wait_until, with_timeout, Kind, PublisherOptions, ViewerOptions};
-use switchboard::auth::{expiry_in, mint_hs256, Claims};
+use switchboard::auth::Claims;
 use switchboard::config::Config;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -136,6 +137,24 @@ async fn four_participants_each_receive_the_other_three_and_never_themselves() {
     .await;
 }
 
+/// A packet of publisher `tag` arrived among the viewer's `kind` packets after
+/// the first `from`.
+fn arrived_since(v: &support::Viewer, kind: Kind, from: usize, tag: u32) -> bool {
+    v.received(kind)
+        .iter()
+        .skip(from)
+        .any(|p| p.identity().is_some_and(|i| i.tag == tag))
+}
+
+/// The viewer's last `n` packets of `kind` are all publisher `tag`'s.
+fn lately_only(v: &support::Viewer, kind: Kind, n: usize, tag: u32) -> bool {
+    v.received(kind)
+        .iter()
+        .rev()
+        .take(n)
+        .all(|p| p.identity().is_some_and(|i| i.tag == tag))
+}
+
 /// Checks that a viewer's video, across source switches, has continuous
 /// sequence numbers and starts each new source on a keyframe.
 fn assert_switches_clean(viewer: &support::Viewer) {
@@ -205,15 +224,7 @@ async fn a_participant_whose_audio_level_rises_takes_the_speaker_slot() {
             .expect("c is the active speaker");
         let video_before = v.count(Kind::Video);
         wait_until("c shown", WAIT, || {
-            v.received(Kind::Video)
-                .iter()
-                .skip(video_before)
-                .any(|p| p.identity().is_some_and(|i| i.tag == 3))
-                && v.received(Kind::Audio)
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .all(|p| p.identity().is_some_and(|i| i.tag == 3))
+            arrived_since(&v, Kind::Video, video_before, 3) && lately_only(&v, Kind::Audio, 5, 3)
         })
         .await
         .expect("the speaker takes the slots");
@@ -251,11 +262,7 @@ async fn a_participant_whose_audio_level_rises_takes_the_speaker_slot() {
         .await
         .expect("the pinned participant takes the video slot");
         assert!(
-            v.received(Kind::Audio)
-                .iter()
-                .rev()
-                .take(5)
-                .all(|p| p.identity().is_some_and(|i| i.tag == 3)),
+            lately_only(&v, Kind::Audio, 5, 3),
             "the audio slot stays with the speaker"
         );
         assert_switches_clean(&v);
@@ -319,23 +326,15 @@ async fn a_track_without_media_is_muted_and_unmuted() {
     .await;
 }
 
-const SECRET: &str = "a test secret of at least 32 bytes!";
-
 fn token(sub: &str, publish: bool, admin: bool) -> String {
-    mint_hs256(
-        SECRET,
-        &Claims {
-            sub: sub.into(),
-            name: Some(sub.to_uppercase()),
-            room: "api".into(),
-            publish,
-            subscribe: !publish,
-            data: true,
-            admin,
-            exp: expiry_in(Duration::from_secs(600)),
-        },
-    )
-    .expect("mint")
+    mint(&Claims {
+        name: Some(sub.to_uppercase()),
+        publish,
+        subscribe: !publish,
+        data: true,
+        admin,
+        ..claims(sub, "api")
+    })
 }
 
 /// Removing a participant through the room API: its sessions end, the others'
@@ -344,10 +343,7 @@ fn token(sub: &str, publish: bool, admin: bool) -> String {
 async fn removing_a_participant_frees_its_slot() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let mut config = Config::for_tests();
-        config.auth.enabled = true;
-        config.auth.hs256_secret = SECRET.into();
-        let server = start_server(config).await;
+        let server = start_server(auth_on(Config::for_tests())).await;
         let addr = server.http_addr();
         let mut first = PublisherOptions::new(1);
         first.token = Some(token("alice", true, false));
@@ -395,10 +391,7 @@ async fn removing_a_participant_frees_its_slot() {
             .expect("alice left");
         let before = v.count(Kind::Video);
         wait_until("bob shown", WAIT, || {
-            v.received(Kind::Video)
-                .iter()
-                .skip(before)
-                .any(|p| p.identity().is_some_and(|i| i.tag == 2))
+            arrived_since(&v, Kind::Video, before, 2)
         })
         .await
         .expect("bob takes the freed slot");

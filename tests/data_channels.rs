@@ -139,29 +139,17 @@ async fn a_message_reaches_every_other_participant_with_its_sender() {
 /// grants `data` may send: another one is told why and its channel closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_sending_needs_the_data_grant() {
-    use switchboard::auth::{expiry_in, mint_hs256, Claims};
+    use support::auth::{auth_on, claims, mint};
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        const SECRET: &str = "a test secret of at least 32 bytes!";
-        let mut config = Config::for_tests();
-        config.auth.enabled = true;
-        config.auth.hs256_secret = SECRET.into();
-        let server = start_server(config).await;
+        let server = start_server(auth_on(Config::for_tests())).await;
         let token = |sub: &str, data: bool| {
-            mint_hs256(
-                SECRET,
-                &Claims {
-                    sub: sub.into(),
-                    name: Some(sub.to_uppercase()),
-                    room: "chat".into(),
-                    publish: false,
-                    subscribe: true,
-                    data,
-                    admin: false,
-                    exp: expiry_in(Duration::from_secs(600)),
-                },
-            )
-            .expect("mint")
+            mint(&switchboard::auth::Claims {
+                name: Some(sub.to_uppercase()),
+                subscribe: true,
+                data,
+                ..claims(sub, "chat")
+            })
         };
         let join = |sub: &str, data: bool| ViewerOptions {
             audio: false,

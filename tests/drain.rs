@@ -22,12 +22,9 @@ async fn draining_refuses_new_sessions_tells_viewers_and_keeps_the_running_ones(
         let server = start_server(Config::for_tests()).await;
         let addr = server.http_addr();
         let viewer = flow::view(&server, "drain", ViewerOptions::default()).await;
-        let mut events = reqwest::get(http::url(
-            addr,
-            &format!("{}/events", viewer.session.location),
-        ))
-        .await
-        .expect("events");
+        let mut events = http::Events::open(addr, &viewer.session.location)
+            .await
+            .expect("events");
 
         server.drain();
         let refused = http::post(
@@ -45,14 +42,12 @@ async fn draining_refuses_new_sessions_tells_viewers_and_keeps_the_running_ones(
             .expect("readyz");
         assert_eq!(ready.status, 503, "{}", ready.body);
 
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut seen = String::new();
-        while !seen.contains("event: draining") {
-            match tokio::time::timeout_at(deadline, events.chunk()).await {
-                Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
-                _ => panic!("no draining event: {seen}"),
-            }
-        }
+        events
+            .until(Duration::from_secs(5), |seen| {
+                seen.contains("event: draining")
+            })
+            .await
+            .expect("no draining event");
         // The running session goes on until it ends.
         assert_eq!(server.session_count(), 1);
         assert!(!server.drained(Duration::from_millis(300)).await);

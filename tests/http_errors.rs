@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use str0m::media::{Direction, MediaKind};
 use str0m::Rtc;
 use support::http::{self, expect_problem};
-use support::{flow, init_logging, offer_sdp, with_timeout};
+use support::{auth, flow, init_logging, offer_sdp, wait_until, with_timeout};
 use switchboard::config::Config;
 use switchboard::server::Server;
 
@@ -249,28 +249,16 @@ async fn unknown_session_is_404() {
 async fn a_full_room_is_409_and_a_participant_publishing_again_replaces_itself() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        const SECRET: &str = "a test secret of at least 32 bytes!";
-        let mut config = Config::for_tests();
+        let mut config = auth::auth_on(Config::for_tests());
         config.session.max_publishers_per_room = 2;
-        config.auth.enabled = true;
-        config.auth.hs256_secret = SECRET.into();
         let server = flow::start_server(config).await;
         let addr = server.http_addr();
         let token = |sub: &str| {
-            switchboard::auth::mint_hs256(
-                SECRET,
-                &switchboard::auth::Claims {
-                    sub: sub.into(),
-                    name: None,
-                    room: "*".into(),
-                    publish: true,
-                    subscribe: false,
-                    data: false,
-                    admin: sub == "ops",
-                    exp: switchboard::auth::expiry_in(Duration::from_secs(600)),
-                },
-            )
-            .expect("mint")
+            auth::mint(&switchboard::auth::Claims {
+                publish: true,
+                admin: sub == "ops",
+                ..auth::claims(sub, "*")
+            })
         };
         let post = |sub: &str, path: &'static str| {
             let token = token(sub);
@@ -296,15 +284,11 @@ async fn a_full_room_is_409_and_a_participant_publishing_again_replaces_itself()
         assert_eq!(again.status, 201, "{:?}", again.body);
         // Her old session ends: two sessions are left, Bob's and her new one,
         // and the room lists them in the order they joined.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while server.session_count() != 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sessions: {}",
-                server.session_count()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until("alice's old session ended", Duration::from_secs(5), || {
+            server.session_count() == 2
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: sessions {}", server.session_count()));
         let shown = http::request_with_token(
             reqwest::Method::GET,
             &http::url(addr, "/rooms/busy"),

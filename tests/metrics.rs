@@ -8,30 +8,37 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::flow::{self, start_server};
-use support::{init_logging, with_timeout, PublisherOptions, ViewerOptions};
+use support::hostile::metrics_text;
+use support::{init_logging, wait_until, with_timeout, PublisherOptions, ViewerOptions};
 use switchboard::config::Config;
 
 const TEST_LIMIT: Duration = Duration::from_secs(90);
+
+/// The families a real session must move.
+const MOVING: [&str; 12] = [
+    "switchboard_rtp_packets_received_total{kind=\"video\"}",
+    "switchboard_rtp_packets_received_total{kind=\"audio\"}",
+    "switchboard_rtp_bytes_received_total{kind=\"video\"}",
+    "switchboard_rtp_packets_forwarded_total{kind=\"video\"}",
+    "switchboard_rtp_bytes_forwarded_total{kind=\"audio\"}",
+    "switchboard_udp_bytes_sent_total",
+    "switchboard_udp_bytes_received_total",
+    "switchboard_packet_server_seconds_count",
+    "switchboard_shard_loop_seconds_count",
+    "switchboard_stream_loss_ratio_count{direction=\"out\"}",
+    "switchboard_stream_loss_ratio_count{direction=\"in\"}",
+    "switchboard_viewer_first_video_seconds_count",
+];
 
 /// The value of the sample `series` (name and labels exactly as exposed).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-}
-
-async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
 }
 
 /// The path of `tool` if installed; `None` (the test then passes, saying why)
@@ -88,26 +95,23 @@ async fn a_real_session_moves_the_counters_and_passes_promtool() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
         let (server, publisher, viewer) = busy_server().await;
-        // Two stats reports (every 2 s) for the loss and NACK families.
-        tokio::time::sleep(Duration::from_millis(4500)).await;
-        let text = scrape(server.http_addr()).await;
+        // Until every family moved: the loss family needs a stats report (every 2 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = metrics_text(&server).await;
+            if MOVING
+                .iter()
+                .all(|s| sample(&text, s).is_some_and(|v| v > 0.0))
+                || Instant::now() >= deadline
+            {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         let value = |series: &str| {
             sample(&text, series).unwrap_or_else(|| panic!("{series} not in:\n{text}"))
         };
-        for moving in [
-            "switchboard_rtp_packets_received_total{kind=\"video\"}",
-            "switchboard_rtp_packets_received_total{kind=\"audio\"}",
-            "switchboard_rtp_bytes_received_total{kind=\"video\"}",
-            "switchboard_rtp_packets_forwarded_total{kind=\"video\"}",
-            "switchboard_rtp_bytes_forwarded_total{kind=\"audio\"}",
-            "switchboard_udp_bytes_sent_total",
-            "switchboard_udp_bytes_received_total",
-            "switchboard_packet_server_seconds_count",
-            "switchboard_shard_loop_seconds_count",
-            "switchboard_stream_loss_ratio_count{direction=\"out\"}",
-            "switchboard_stream_loss_ratio_count{direction=\"in\"}",
-            "switchboard_viewer_first_video_seconds_count",
-        ] {
+        for moving in MOVING {
             assert!(value(moving) > 0.0, "{moving} did not move:\n{text}");
         }
         for (series, expected) in [
@@ -141,12 +145,12 @@ async fn a_real_session_moves_the_counters_and_passes_promtool() {
         // The session's end moves the gauges back.
         drop(viewer);
         drop(publisher);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while server.session_count() > 0 {
-            assert!(Instant::now() < deadline, "sessions did not end");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let after = scrape(server.http_addr()).await;
+        wait_until("sessions ended", Duration::from_secs(10), || {
+            server.session_count() == 0
+        })
+        .await
+        .expect("sessions did not end");
+        let after = metrics_text(&server).await;
         for series in [
             "switchboard_sessions{role=\"viewer\",state=\"connected\"}",
             "switchboard_tracks{kind=\"video\"}",

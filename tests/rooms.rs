@@ -8,15 +8,15 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::auth::{auth_on, claims, mint};
 use support::flow::{self, start_server};
 use support::http::{self, expect_problem};
 use support::{init_logging, with_timeout, PublisherOptions, ViewerOptions};
-use switchboard::auth::{expiry_in, mint_hs256, Claims};
+use switchboard::auth::Claims;
 use switchboard::config::Config;
 
 const TEST_LIMIT: Duration = Duration::from_secs(40);
 const EVENTS_LIMIT: Duration = Duration::from_secs(5);
-const SECRET: &str = "a test secret of at least 32 bytes!";
 
 async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> http::Response {
     http::request_with_token(reqwest::Method::GET, &http::url(addr, path), token, None)
@@ -36,27 +36,12 @@ fn json(response: &http::Response) -> Value {
 }
 
 fn participant_token(sub: &str, publish: bool) -> String {
-    mint_hs256(
-        SECRET,
-        &Claims {
-            sub: sub.into(),
-            name: None,
-            room: "conf".into(),
-            publish,
-            subscribe: !publish,
-            data: true,
-            admin: false,
-            exp: expiry_in(Duration::from_secs(600)),
-        },
-    )
-    .expect("mint")
-}
-
-fn auth_on() -> Config {
-    let mut config = Config::for_tests();
-    config.auth.enabled = true;
-    config.auth.hs256_secret = SECRET.into();
-    config
+    mint(&Claims {
+        publish,
+        subscribe: !publish,
+        data: true,
+        ..claims(sub, "conf")
+    })
 }
 
 /// With auth on and an admin token: rooms are listed, a room's participants are
@@ -66,7 +51,7 @@ fn auth_on() -> Config {
 async fn rooms_are_listed_shown_and_their_participants_removed() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let server = start_server(auth_on()).await;
+        let server = start_server(auth_on(Config::for_tests())).await;
         let addr = server.http_addr();
         let admin = token("*", true);
         let mut publish = PublisherOptions::new(4);
@@ -78,20 +63,10 @@ async fn rooms_are_listed_shown_and_their_participants_removed() {
         };
         let bob = flow::view(&server, "conf", join("bob")).await;
         let carol = flow::view(&server, "conf", join("carol")).await;
-        let other_token = mint_hs256(
-            SECRET,
-            &Claims {
-                sub: "dave".into(),
-                name: None,
-                room: "other".into(),
-                publish: false,
-                subscribe: true,
-                data: false,
-                admin: false,
-                exp: expiry_in(Duration::from_secs(600)),
-            },
-        )
-        .expect("mint");
+        let other_token = mint(&Claims {
+            subscribe: true,
+            ..claims("dave", "other")
+        });
         let other = flow::view(
             &server,
             "other",
@@ -220,30 +195,18 @@ async fn with_auth_off_rooms_can_be_looked_at_but_nothing_removed() {
 }
 
 fn token(room: &str, admin: bool) -> String {
-    mint_hs256(
-        SECRET,
-        &Claims {
-            sub: "ops".into(),
-            name: None,
-            room: room.into(),
-            publish: !admin,
-            subscribe: false,
-            data: false,
-            admin,
-            exp: expiry_in(Duration::from_secs(600)),
-        },
-    )
-    .expect("mint")
+    mint(&Claims {
+        publish: !admin,
+        admin,
+        ..claims("ops", room)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_only_an_admin_token_for_the_room_may_use_it() {
     init_logging();
     with_timeout(TEST_LIMIT, async {
-        let mut config = Config::for_tests();
-        config.auth.enabled = true;
-        config.auth.hs256_secret = SECRET.into();
-        let server = start_server(config).await;
+        let server = start_server(auth_on(Config::for_tests())).await;
         let addr = server.http_addr();
         expect_problem(&get(addr, "/rooms", None).await, 401).expect("no token");
         expect_problem(&get(addr, "/rooms", Some(&token("*", false))).await, 403)

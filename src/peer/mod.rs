@@ -663,18 +663,17 @@ impl Peer {
         self.keyframe_asked.retain(|(p, _)| *p != key);
     }
 
-    /// Gives the viewer's slots to the room's tracks; tells its events stream
-    /// what changed. True if a slot changed.
-    pub fn assign_slots(&mut self, sources: &crate::router::sources::RoomSources) -> bool {
+    /// Gives the viewer's slots to the room's tracks, and tells its events stream
+    /// when a slot changed (always with `tell`: the tracks' state may have).
+    pub fn assign_slots(&mut self, sources: &crate::router::sources::RoomSources, tell: bool) {
         let changed = self.viewer.assign(sources, &self.participant.identity);
-        if changed {
+        if changed || tell {
             self.tell_news(sources);
         }
-        changed
     }
 
     /// Tells the viewer's events stream its slots and the room's tracks, if they changed.
-    pub fn tell_news(&self, sources: &crate::router::sources::RoomSources) {
+    fn tell_news(&self, sources: &crate::router::sources::RoomSources) {
         if let Some(news) = &self.news {
             let now = self.viewer.news(sources, &self.participant.identity);
             news.send_if_modified(|current| {

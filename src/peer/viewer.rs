@@ -17,7 +17,7 @@ use crate::router::layer_switch::{Admit, LayerSwitch};
 use crate::router::layers::{LayerReport, LayerRequest, TrackLayers};
 use crate::router::probe::ProbePlan;
 use crate::router::slots::{self, Candidate, SlotView, TrackView, ViewerNews};
-use crate::router::sources::RoomSources;
+use crate::router::sources::{RoomSources, Source};
 use crate::router::temporal::{temporal_target, TemporalFilter, ALL_TEMPORAL};
 use crate::router::vp8::Vp8Rewriter;
 use crate::router::{payload_type, MediaPacket};
@@ -91,9 +91,7 @@ impl Shown {
             temporal_by_bandwidth: ALL_TEMPORAL,
         }
     }
-}
 
-impl Shown {
     /// The layer switch's verdict on one packet of the track followed, and the
     /// keyframe (track, layer) it wishes for, if any.
     fn admit(
@@ -269,12 +267,10 @@ impl ViewerSide {
 
     /// What the viewer's slots show, and the room's tracks, for its events.
     pub fn news(&self, sources: &RoomSources, own: &str) -> ViewerNews {
-        let track_view = |track: u64| {
-            sources.get(track).map(|s| TrackView {
-                track,
-                participant: Arc::clone(&s.participant),
-                kind: s.kind,
-            })
+        let view = |s: &Source| TrackView {
+            track: s.track,
+            participant: Arc::clone(&s.participant),
+            kind: s.kind,
         };
         ViewerNews {
             slots: self
@@ -283,7 +279,7 @@ impl ViewerSide {
                 .map(|s| SlotView {
                     mid: s.mid.to_string(),
                     kind: s.kind,
-                    track: s.wanted().and_then(track_view),
+                    track: s.wanted().and_then(|t| sources.get(t)).map(view),
                 })
                 .collect(),
             active_speaker: sources.active_speaker().cloned(),
@@ -291,7 +287,7 @@ impl ViewerSide {
                 .sources()
                 .iter()
                 .filter(|s| &*s.participant != own)
-                .filter_map(|s| Some((track_view(s.track)?, s.muted)))
+                .map(|s| (view(s), s.muted))
                 .collect(),
         }
     }

@@ -416,14 +416,7 @@ impl ShardLoop {
         if let Some(peer) = peer {
             let _ = catch_unwind(AssertUnwindSafe(|| count_session(&self.metrics, &peer, -1)));
             let _ = catch_unwind(AssertUnwindSafe(|| match peer.role {
-                Role::Publisher => {
-                    self.publisher_left_here(&peer.room, key);
-                    let room = peer.room.clone();
-                    self.tell_others(|| Command::PublisherLeft {
-                        room: room.clone(),
-                        key,
-                    });
-                }
+                Role::Publisher => self.publisher_gone(&peer.room, key),
                 Role::Viewer => self.router.remove_local_viewer(&peer.room, key),
             }));
             self.registry.remove_session(key, &peer.room, peer.role);
@@ -437,15 +430,15 @@ impl ShardLoop {
 
     /// Reads up to [`READ_BUDGET`] datagrams; true if the socket may have more.
     fn read_socket(&mut self, socket_index: usize) -> bool {
-        let mut errors = 0;
         let mut bytes = 0;
-        let more = self.read_datagrams(socket_index, &mut errors, &mut bytes);
+        let more = self.read_datagrams(socket_index, &mut bytes);
         self.metrics.udp_bytes_received.inc_by(bytes);
         more
     }
 
-    /// Reads up to [`READ_BUDGET`] datagrams, counting their bytes.
-    fn read_datagrams(&mut self, socket_index: usize, errors: &mut u32, bytes: &mut u64) -> bool {
+    /// Reads up to [`READ_BUDGET`] datagrams, adding their sizes to `bytes`.
+    fn read_datagrams(&mut self, socket_index: usize, bytes: &mut u64) -> bool {
+        let mut errors = 0;
         for _ in 0..READ_BUDGET {
             let Some(socket) = self.sockets.sockets.get(socket_index) else {
                 return false;
@@ -460,9 +453,9 @@ impl ShardLoop {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not fatal.
-                    *errors += 1;
+                    errors += 1;
                     tracing::trace!(error = %e, "recv error");
-                    if *errors > 64 {
+                    if errors > 64 {
                         return true;
                     }
                 }
@@ -694,7 +687,7 @@ impl ShardLoop {
                         }
                     }
                     if learnt {
-                        self.assign_slots(&room);
+                        self.assign_slots(&room, false);
                     }
                 }
                 self.replay(viewer, &packets)
@@ -903,15 +896,7 @@ impl ShardLoop {
         }
         let room = peer.room.clone();
         match peer.role {
-            Role::Publisher => {
-                self.publisher_left_here(&room, key);
-                // Its last packets go first: other shards hear of its leaving after them.
-                self.flush_outbox();
-                self.tell_others(|| Command::PublisherLeft {
-                    room: room.clone(),
-                    key,
-                });
-            }
+            Role::Publisher => self.publisher_gone(&room, key),
             Role::Viewer => {
                 self.router.remove_local_viewer(&room, key);
                 self.count_viewer_everywhere(&room, false);
@@ -1090,15 +1075,11 @@ impl ShardLoop {
                     return;
                 };
                 self.deliver_data(&room, &from, &message);
-                for (shard, handle) in self.shards.iter().enumerate() {
-                    if shard != self.index {
-                        handle.send(Command::Data {
-                            room: room.clone(),
-                            from: Arc::clone(&from),
-                            message: Arc::clone(&message),
-                        });
-                    }
-                }
+                self.tell_others(|| Command::Data {
+                    room: room.clone(),
+                    from: Arc::clone(&from),
+                    message: Arc::clone(&message),
+                });
             }
             PeerEvent::Stats(delta) => self.count_stats(&delta),
             PeerEvent::Gone(why) => {
@@ -1193,9 +1174,9 @@ impl ShardLoop {
             sources::Observed::Stray => return,
             // A track appeared: the slots are given out again before its first
             // packet is written.
-            sources::Observed::New => self.assign_slots(&packet.room),
+            sources::Observed::New => self.assign_slots(&packet.room, false),
             // A track came back: slots, and every viewer's events, hear of it.
-            sources::Observed::Unmuted => self.sources_changed(&packet.room),
+            sources::Observed::Unmuted => self.assign_slots(&packet.room, true),
         }
         let Some(room) = self.router.room(&packet.room) else {
             return;
@@ -1267,28 +1248,16 @@ impl ShardLoop {
     }
 
     /// Gives the slots of `room`'s viewers on this shard to its tracks again
-    /// (the slot policy, `router/slots.rs`), after the tracks changed.
-    fn assign_slots(&mut self, room: &str) {
+    /// (the slot policy, `router/slots.rs`), after the tracks changed; with
+    /// `tell`, every viewer's events hear of the room's tracks (a mute or an
+    /// unmute), not only those whose slots changed.
+    fn assign_slots(&mut self, room: &str, tell: bool) {
         let Some(r) = self.router.room(room) else {
             return;
         };
         for key in &r.viewers {
             if let Some(peer) = self.peers.get_mut(key) {
-                peer.assign_slots(&r.sources);
-            }
-        }
-    }
-
-    /// The room's tracks changed (one came back): slots are given out again and
-    /// every viewer's events hear of it.
-    fn sources_changed(&mut self, room: &str) {
-        let Some(r) = self.router.room(room) else {
-            return;
-        };
-        for key in &r.viewers {
-            if let Some(peer) = self.peers.get_mut(key) {
-                peer.assign_slots(&r.sources);
-                peer.tell_news(&r.sources);
+                peer.assign_slots(&r.sources, tell);
             }
         }
     }
@@ -1326,11 +1295,10 @@ impl ShardLoop {
                     continue;
                 };
                 if outcome.changed {
-                    peer.assign_slots(&room.sources);
-                    peer.tell_news(&room.sources);
+                    peer.assign_slots(&room.sources, true);
                 } else if peer.viewer.slot_count(MediaKind::Audio) < audio_tracks {
                     // Fewer audio slots than voices: the loudest may have changed.
-                    peer.assign_slots(&room.sources);
+                    peer.assign_slots(&room.sources, false);
                 }
             }
         }
@@ -1342,7 +1310,7 @@ impl ShardLoop {
         if let Some(pins) = pins {
             peer.viewer.set_pins(pins);
             if let Some(r) = self.router.room(&peer.room) {
-                peer.assign_slots(&r.sources);
+                peer.assign_slots(&r.sources, false);
             }
         }
         Some(peer.viewer.pins().to_vec())
@@ -1367,8 +1335,7 @@ impl ShardLoop {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        peer.assign_slots(&r.sources);
-        peer.tell_news(&r.sources);
+        peer.assign_slots(&r.sources, true);
         if peer.viewer.slot_count(MediaKind::Video) == 0 {
             return; // audio starts with the next packet, nothing to replay
         }
@@ -1572,6 +1539,17 @@ impl ShardLoop {
         }
     }
 
+    /// This shard's publisher `key` of `room` ended: it leaves here, then every
+    /// other shard is told, after its last packets (flushed first).
+    fn publisher_gone(&mut self, room: &RoomId, key: PeerKey) {
+        self.publisher_left_here(room, key);
+        self.flush_outbox();
+        self.tell_others(|| Command::PublisherLeft {
+            room: room.clone(),
+            key,
+        });
+    }
+
     /// Publisher `key` of `room` left (here or on another shard): its tracks,
     /// caches and queued replays go, and the viewers' slots are given out again.
     fn publisher_left_here(&mut self, room: &RoomId, key: PeerKey) {
@@ -1585,7 +1563,7 @@ impl ShardLoop {
                 }
             }
         }
-        self.assign_slots(room);
+        self.assign_slots(room, false);
     }
 
     fn flush_outbox(&mut self) {

@@ -49,13 +49,13 @@ await browserTest({
         () => pages[name].evaluate(conferenceState),
         (s) => {
           if (s.lastError) throw new Error(`${name}: ${s.lastError}`);
+          if (s.tiles.some((t) => t.participant === name)) throw new Error(`${name} is shown itself: ${JSON.stringify(s.tiles)}`);
           const shown = s.tiles.filter((t) => t.participant);
           const labels = shown.map((t) => t.participant).sort();
           return JSON.stringify(labels) === JSON.stringify(others) && shown.every((t) => (s.frames[t.mid] ?? 0) >= MIN_FRAMES);
         },
         { timeoutMs: 30_000, everyMs: 250 },
       );
-      if (s.tiles.some((t) => t.participant === name)) throw new Error(`${name} is shown itself: ${JSON.stringify(s.tiles)}`);
       first[name] = s;
       log(`${name}: ${s.tiles.map((t) => `${t.mid}=${t.participant ?? '-'}(${s.frames[t.mid] ?? 0})`).join(' ')}`);
     }

@@ -3,6 +3,7 @@
 //! share. Each test binary uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
 pub mod check;
 pub mod flow;
 pub mod hostile;
