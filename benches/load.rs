@@ -39,6 +39,7 @@ use switchboard::load::{
     self,
     client::Endpoint,
     payload::VideoCodec,
+    proc,
     publisher::{Publisher, PublisherPlan},
     viewers::Pools,
 };
@@ -267,7 +268,7 @@ fn run(plan: Plan) -> Result<Row, String> {
 }
 
 fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
-    let endpoint = Endpoint::new(&format!("http://{http_addr}"), None);
+    let endpoint = Endpoint::new(&format!("http://{http_addr}"), None)?;
     let loopback = IpAddr::from([127, 0, 0, 1]);
     let publish = PublisherPlan {
         codec: VideoCodec::Vp8,
@@ -421,8 +422,7 @@ fn scrape_forwarded(addr: SocketAddr) -> Result<u64, String> {
 
 /// Per thread id: (name, utime + stime in µs, schedstat run time in µs).
 fn thread_cpu() -> HashMap<u32, (String, f64, f64)> {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = proc::clock_ticks();
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return out;
@@ -439,18 +439,7 @@ fn thread_cpu() -> HashMap<u32, (String, f64, f64)> {
             .unwrap_or_default()
             .trim()
             .to_string();
-        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| -> f64 {
-            fields
-                .get(n - 3)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let cpu_us = (field(14) + field(15)) / ticks * 1e6;
+        let cpu_us = proc::parse_stat_cpu(&stat, ticks).map_or(0.0, |s| s * 1e6);
         let sched_us = std::fs::read_to_string(path.join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
@@ -503,14 +492,7 @@ fn host_cpu() -> Option<HostCpu> {
 }
 
 fn vm_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc::rss_bytes(std::process::id()).map_or(0, |b| b / 1024)
 }
 
 // ---- report -----------------------------------------------------------------------

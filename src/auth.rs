@@ -167,6 +167,11 @@ pub fn authorize(claims: &Claims, room: &str, grant: Grant) -> Result<(), Denied
             claims.room
         )));
     }
+    require_grant(claims, grant)
+}
+
+/// Whether `claims` grant `grant`, whatever the room.
+pub fn require_grant(claims: &Claims, grant: Grant) -> Result<(), Denied> {
     let granted = match grant {
         Grant::Publish => claims.publish,
         Grant::Subscribe => claims.subscribe,

@@ -38,6 +38,18 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(()),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -348,18 +360,7 @@ impl Config {
                 self.session.max_publishers_per_room = parse(key, value, "a number of publishers")?
             }
             "session.drain_timeout" => self.session.drain_timeout = seconds(key, value)?,
-            "log.format" => {
-                self.log.format = match value.trim() {
-                    "human" => LogFormat::Human,
-                    "json" => LogFormat::Json,
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            format!("`{value}` is not human or json"),
-                        ))
-                    }
-                }
-            }
+            "log.format" => self.log.format = parse(key, value, "human or json")?,
             "log.level" => self.log.level = value.to_string(),
             "auth.enabled" => self.auth.enabled = parse(key, value, "true or false")?,
             "auth.hs256_secret" => self.auth.hs256_secret = value.to_string(),
@@ -371,8 +372,6 @@ impl Config {
         Ok(())
     }
 
-    /// Checks what the types alone cannot: the port range against the shards, the
-    /// addresses against what can be bound and announced.
     /// The token verifier auth is configured for (`None`: auth is off), its key
     /// files read; a key that cannot be used is an error naming the key.
     pub fn token_verifier(&self) -> Result<Option<crate::auth::Verifier>, ConfigError> {
@@ -394,6 +393,8 @@ impl Config {
             .map_err(|e| ConfigError::invalid("auth", e.to_string()))
     }
 
+    /// Checks what the types alone cannot: the port range against the shards, the
+    /// addresses against what can be bound and announced.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.token_verifier()?;
         if self.http.max_body_bytes < 1024 {

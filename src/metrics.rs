@@ -409,7 +409,7 @@ impl Metrics {
 }
 
 /// The `reason` values of `switchboard_sessions_reaped_total`.
-pub const REAP_REASONS: [&str; 5] = [
+const REAP_REASONS: [&str; 5] = [
     "never_connected",
     "silent",
     "ice_disconnected",
@@ -418,7 +418,7 @@ pub const REAP_REASONS: [&str; 5] = [
 ];
 
 /// The shard steps whose panics are counted (`panics_contained_total{step}`).
-pub const PANIC_STEPS: [&str; 9] = [
+const PANIC_STEPS: [&str; 9] = [
     "datagram", "command", "timer", "drain", "replay", "reap", "shutdown", "session", "sources",
 ];
 
@@ -450,16 +450,13 @@ pub fn kind_label(kind: str0m::media::MediaKind) -> &'static str {
 impl Metrics {
     /// The label of a reap reason (see [`REAP_REASONS`]).
     pub fn reap_label(reason: &str) -> &'static str {
-        if reason.starts_with("ICE/DTLS did not connect") {
-            "never_connected"
-        } else if reason.starts_with("nothing authenticated") {
-            "silent"
-        } else if reason.starts_with("ICE disconnected") {
-            "ice_disconnected"
-        } else if reason.starts_with("internal error") {
-            "failed"
-        } else {
-            "closed"
+        use crate::peer::ended;
+        match reason {
+            ended::NEVER_CONNECTED => "never_connected",
+            ended::SILENT => "silent",
+            ended::ICE_DISCONNECTED => "ice_disconnected",
+            ended::INTERNAL_ERROR => "failed",
+            _ => "closed",
         }
     }
 

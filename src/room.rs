@@ -506,11 +506,12 @@ impl EndedSessions {
         self.by_key.insert(key, (room, role, now));
     }
 
-    /// True (once) if `key` was remembered, in `room`, with `role`, and is recent.
+    /// Whether `key` is remembered.
     pub fn contains(&self, key: PeerKey) -> bool {
         self.by_key.contains_key(&key)
     }
 
+    /// True (once) if `key` was remembered, in `room`, with `role`, and is recent.
     pub fn take(&mut self, key: PeerKey, room: &str, role: Role, now: Instant) -> bool {
         match self.by_key.remove(&key) {
             Some((r, kind, at)) => {

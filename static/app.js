@@ -132,6 +132,9 @@
     return `Cannot open camera/microphone: ${reasons[err.name] || err.message || err.name}.`;
   }
 
+  // Shared with the conference view (conference.js).
+  window.switchboardPage = { authHeaders, waitForIceGathering, describeFailure };
+
   // ---------- trickle ICE (RFC 8840 sdpfrag over PATCH) ----------
 
   function sdpAttribute(sdp, name) {

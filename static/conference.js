@@ -50,40 +50,21 @@
     if (message) console.error('[conference]', message);
   }
 
-  function authHeaders(token) {
-    return token ? { Authorization: `Bearer ${token}` } : {};
-  }
-
-  function waitForIceGathering(pc) {
-    if (pc.iceGatheringState === 'complete') return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
-      pc.addEventListener('icegatheringstatechange', () => {
-        if (pc.iceGatheringState === 'complete') { clearTimeout(timer); resolve(); }
-      });
-    });
-  }
-
-  async function problemText(res, what) {
-    let detail = '';
-    try {
-      const text = await res.text();
-      try { detail = JSON.parse(text).detail || text; } catch { detail = text; }
-    } catch { /* no body */ }
-    return `${what} failed: ${res.status}${detail ? ' \u2014 ' + detail.trim().slice(0, 400) : ''}`;
-  }
+  // The publish/watch page's helpers (app.js, loaded first): one way to send a
+  // token, wait for ICE gathering and read a failed response.
+  const { authHeaders, waitForIceGathering, describeFailure } = window.switchboardPage;
 
   // POSTs the offer of `pc` to `path`; resolves the session's absolute URL once answered.
   async function negotiate(pc, path, token, what) {
     if (pc.signalingState === 'stable') await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc);
+    await waitForIceGathering(pc, GATHER_TIMEOUT_MS);
     const endpoint = new URL(path, document.baseURI);
     const res = await fetch(endpoint, {
       method: 'POST',
       headers: { 'Content-Type': 'application/sdp', ...authHeaders(token) },
       body: pc.localDescription.sdp,
     });
-    if (!res.ok) throw new Error(await problemText(res, what));
+    if (!res.ok) throw new Error(await describeFailure(res, what));
     const url = new URL(res.headers.get('Location'), endpoint).href;
     await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
     return url;

@@ -28,11 +28,11 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
-use str0m::media::MediaKind;
 use tokio::sync::watch;
 
 use super::problem::Problem;
 use super::AppState;
+use crate::metrics::kind_label;
 use crate::peer::{PeerKey, Role};
 use crate::room::LiveWatch;
 use crate::router::slots::ViewerNews;
@@ -79,8 +79,10 @@ pub async fn stream(
         Err(problem) => return problem.into_response(),
     };
     let live = state.registry.watch_live(&room.as_str().into());
-    let news = state.registry.session(key).and_then(|e| e.news);
-    Sse::new(events(state, key, room, live, news))
+    let entry = state.registry.session(key);
+    let own = entry.as_ref().map(|e| Arc::clone(&e.participant));
+    let news = entry.and_then(|e| e.news);
+    Sse::new(events(state, key, room, live, news, own))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -96,6 +98,8 @@ struct Watch {
     live: LiveWatch,
     /// The viewer's slots and the room's tracks, from its shard.
     news: Option<watch::Receiver<ViewerNews>>,
+    /// The viewer's own participant: never announced to itself.
+    own: Option<Arc<str>>,
     last_news: ViewerNews,
     /// Events found and not yet sent.
     pending: VecDeque<Event>,
@@ -116,6 +120,7 @@ fn events(
     room: String,
     live: LiveWatch,
     news: Option<watch::Receiver<ViewerNews>>,
+    own: Option<Arc<str>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // First the current state (live or not, viewers, layers once known); then
     // one event per change. The stream owns the watch: when it ends or the client
@@ -126,6 +131,7 @@ fn events(
         room,
         live,
         news,
+        own,
         last_news: ViewerNews::default(),
         pending: VecDeque::new(),
         last_layers: None,
@@ -181,13 +187,6 @@ fn events(
     })
 }
 
-fn kind_name(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Audio => "audio",
-        MediaKind::Video => "video",
-    }
-}
-
 fn live_event(active: bool) -> Event {
     Event::default()
         .event(if active { "active" } else { "inactive" })
@@ -221,7 +220,7 @@ impl Watch {
                     let participant = s.track.as_ref().map(|t| &*t.participant);
                     json!({
                         "mid": s.mid,
-                        "kind": kind_name(s.kind),
+                        "kind": kind_label(s.kind),
                         "participant": participant,
                         "name": participant.and_then(name),
                         "track": s.track.as_ref().map(|t| t.track.to_string()),
@@ -260,7 +259,7 @@ impl Watch {
                     json!({
                         "participant": &*track.participant,
                         "track": track.track.to_string(),
-                        "kind": kind_name(track.kind),
+                        "kind": kind_label(track.kind),
                     })
                     .to_string(),
                 ),
@@ -281,13 +280,12 @@ impl Watch {
             );
         }
         let room = self.state.registry.room(&self.room);
-        let own = self.state.registry.session(self.key).map(|e| e.participant);
         let now: BTreeMap<Arc<str>, Option<Arc<str>>> = room
             .as_ref()
             .map(|r| {
                 r.participants
                     .iter()
-                    .filter(|(identity, _)| own.as_ref() != Some(*identity))
+                    .filter(|(identity, _)| self.own.as_ref() != Some(*identity))
                     .map(|(identity, (name, _))| (Arc::clone(identity), name.clone()))
                     .collect()
             })

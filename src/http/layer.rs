@@ -23,13 +23,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-use tokio::sync::oneshot;
 
 use crate::peer::PeerKey;
 
@@ -140,11 +138,7 @@ async fn ask(
         Some(Some(Ok(report))) => Ok(report),
         Some(Some(Err(why))) => Err(Problem::bad_request(why)),
         Some(None) => Err(Problem::not_found("the session has ended")),
-        None => Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            "the media shard did not answer in time; try again",
-        )),
+        None => Err(Problem::shard_silent()),
     }
 }
 
@@ -157,22 +151,21 @@ pub(super) async fn ask_shard(
     request: Option<LayerRequest>,
     timeout: Duration,
 ) -> Option<Option<Result<LayerReport, String>>> {
-    let (reply, answer) = oneshot::channel();
-    state.shards[shard].send(Command::Layer {
-        key,
-        request,
-        reply,
-    });
-    tokio::time::timeout(timeout, answer).await.ok()?.ok()
+    super::ask_shard(
+        state,
+        shard,
+        |reply| Command::Layer {
+            key,
+            request,
+            reply,
+        },
+        timeout,
+    )
+    .await
 }
 
 fn report_response(report: &LayerReport) -> Response {
-    let mut response = (StatusCode::OK, report_json(report).to_string()).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    axum::Json(report_json(report)).into_response()
 }
 
 /// The report as the API and the `layers` event give it.

@@ -158,6 +158,20 @@ async fn conference_js() -> Response {
         .into_response()
 }
 
+/// One request to a shard and its answer: `make` builds the command around the
+/// reply channel. `None` when the shard did not answer within `timeout` (or
+/// dropped the reply).
+pub(super) async fn ask_shard<T>(
+    state: &AppState,
+    shard: usize,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::shard::Command,
+    timeout: std::time::Duration,
+) -> Option<T> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    state.shards.get(shard)?.send(make(reply));
+    tokio::time::timeout(timeout, answer).await.ok()?.ok()
+}
+
 /// How long a shard has to answer the readiness ping.
 const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -165,15 +179,8 @@ const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 /// only says the process is alive.)
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining: the server is shutting down\n",
-        )
+        return Problem::unavailable("draining: the server is shutting down", DRAIN_RETRY_AFTER)
             .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(DRAIN_RETRY_AFTER));
-        return response;
     }
     let pings = state.shards.iter().map(|s| s.ping(READY_DEADLINE));
     let answers = futures_util::future::join_all(pings).await;

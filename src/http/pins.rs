@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::oneshot;
 
 use super::events::viewer_session;
 use super::problem::Problem;
@@ -91,16 +90,11 @@ async fn ask(
     pins: Option<Vec<Arc<str>>>,
 ) -> Result<Vec<Arc<str>>, Problem> {
     let (key, shard) = viewer_session(state, room, session)?;
-    let (reply, answer) = oneshot::channel();
-    state.shards[shard].send(Command::Pins { key, pins, reply });
-    match tokio::time::timeout(SHARD_REPLY_TIMEOUT, answer).await {
-        Ok(Ok(Some(pins))) => Ok(pins),
-        Ok(Ok(None)) | Ok(Err(_)) => Err(Problem::not_found("the session has ended")),
-        Err(_) => Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            "the media shard did not answer in time; try again",
-        )),
+    let make = |reply| Command::Pins { key, pins, reply };
+    match super::ask_shard(state, shard, make, SHARD_REPLY_TIMEOUT).await {
+        Some(Some(pins)) => Ok(pins),
+        Some(None) => Err(Problem::not_found("the session has ended")),
+        None => Err(Problem::shard_silent()),
     }
 }
 
@@ -108,13 +102,7 @@ fn respond(pins: Result<Vec<Arc<str>>, Problem>) -> Response {
     match pins {
         Ok(pins) => {
             let list: Vec<&str> = pins.iter().map(|p| &**p).collect();
-            let mut response =
-                (StatusCode::OK, json!({ "pins": list }).to_string()).into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
+            axum::Json(json!({ "pins": list })).into_response()
         }
         Err(problem) => problem.into_response(),
     }

@@ -24,9 +24,6 @@ pub struct Problem {
     /// Close the connection after answering (the rest of the request is not read).
     #[serde(skip)]
     pub close: bool,
-    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750).
-    #[serde(skip)]
-    pub challenge: Option<&'static str>,
 }
 
 impl Problem {
@@ -38,8 +35,16 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             close: false,
-            challenge: None,
         }
+    }
+
+    /// The media shard did not answer a request in time (503, try again).
+    pub fn shard_silent() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "the media shard did not answer in time; try again",
+        )
     }
 
     /// 401 (no token, or a bad one) or 403 (a good token, not for this), with the
@@ -48,9 +53,7 @@ impl Problem {
     pub fn denied(denied: crate::auth::Denied) -> Self {
         let mut problem = match denied {
             crate::auth::Denied::Unauthenticated(why) => {
-                let mut p = Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", why);
-                p.challenge = Some("Bearer realm=\"switchboard\"");
-                p
+                Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", why)
             }
             crate::auth::Denied::Forbidden(why) => {
                 Self::new(StatusCode::FORBIDDEN, "Forbidden", why)
@@ -115,10 +118,11 @@ impl IntoResponse for Problem {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Some(challenge) = self.challenge {
+        if self.status == StatusCode::UNAUTHORIZED.as_u16() {
+            // The bearer challenge of a 401 (RFC 6750): only tokens are asked for.
             headers.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
+                HeaderValue::from_static("Bearer realm=\"switchboard\""),
             );
         }
         response

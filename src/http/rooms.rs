@@ -170,14 +170,10 @@ fn admin_scope(
         return Ok(None);
     };
     match room {
-        Some(room) => auth::authorize(&claims, room, Grant::Admin).map_err(Problem::denied)?,
-        None if !claims.admin => {
-            return Err(Problem::denied(auth::Denied::Forbidden(
-                "the token does not grant `admin`".into(),
-            )))
-        }
-        None => {}
+        Some(room) => auth::authorize(&claims, room, Grant::Admin),
+        None => auth::require_grant(&claims, Grant::Admin),
     }
+    .map_err(Problem::denied)?;
     Ok(Some(claims.room))
 }
 

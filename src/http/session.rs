@@ -294,8 +294,7 @@ async fn create_session(
         created: false,
     };
     let summary = offer::summarize(&text);
-    let watches = summary.iter().any(|m| m.is_av() && !m.rejected);
-    if role == Role::Viewer && data_only_token && watches {
+    if role == Role::Viewer && data_only_token && offer::has_av(&summary) {
         return Err(Problem::denied(crate::auth::Denied::Forbidden(
             "the token grants `data` but not `subscribe`: offer a data channel only".into(),
         )));
@@ -585,13 +584,7 @@ async fn patch(
             return Err(Problem::bad_request(format!("ICE restart failed: {e}")))
         }
         Ok(Ok(PatchOutcome::Gone)) => return Err(Problem::not_found("the session has ended")),
-        _ => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                "the media shard did not answer in time; try again",
-            ))
-        }
+        _ => return Err(Problem::shard_silent()),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

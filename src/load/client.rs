@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::config::DtlsCert;
 use str0m::format::Codec;
 use str0m::media::Pt;
 use str0m::net::{Protocol, Receive};
@@ -13,16 +14,18 @@ use str0m::{Candidate, Input, Rtc, RtcConfig};
 use super::payload::VideoCodec;
 
 /// How long a WHIP/WHEP POST may take.
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a DELETE at the end may take.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How much of an error body a join failure keeps.
 const DETAIL_LIMIT: usize = 300;
 
-/// A client `Rtc`: RTP mode, Opus and the one video codec.
-pub fn client_rtc(video: VideoCodec) -> Rtc {
+/// A client `Rtc`: RTP mode, Opus and the one video codec, on the run's DTLS
+/// certificate (one for every client: making one each would cost every join).
+pub fn client_rtc(video: VideoCodec, cert: &DtlsCert) -> Rtc {
     let config = RtcConfig::new()
         .set_rtp_mode(true)
+        .set_dtls_cert(cert.clone())
         .clear_codecs()
         .enable_opus(true, false);
     let config = match video {
@@ -78,12 +81,13 @@ pub fn pt_of(rtc: &Rtc, codec: Codec) -> Option<Pt> {
         .map(|p| p.pt())
 }
 
-/// A WHIP/WHEP endpoint and the token offers carry.
-#[derive(Clone)]
+/// A WHIP/WHEP endpoint, the token offers carry, and the clients' DTLS
+/// certificate.
 pub struct Endpoint {
     agent: ureq::Agent,
-    pub base: String,
-    pub token: Option<String>,
+    base: String,
+    token: Option<String>,
+    pub cert: DtlsCert,
 }
 
 /// A created session: its answer and resource URL.
@@ -94,17 +98,23 @@ pub struct Created {
 
 impl Endpoint {
     /// `base` is `http://host[:port][/prefix]`.
-    pub fn new(base: &str, token: Option<String>) -> Self {
+    pub fn new(base: &str, token: Option<String>) -> Result<Self, String> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(HTTP_TIMEOUT))
             .http_status_as_error(false)
             .build()
             .into();
-        Endpoint {
+        // The clients' DTLS is the server's own (OpenSSL), whose certificates
+        // these are: installed as the process default if nothing else was.
+        crate::crypto::install();
+        let cert = crate::crypto::generate_certificate()
+            .map_err(|e| format!("a DTLS certificate: {e}"))?;
+        Ok(Endpoint {
             agent,
             base: base.trim_end_matches('/').to_string(),
             token,
-        }
+            cert,
+        })
     }
 
     /// POSTs `offer` to `path`; the answer, or why not (status and problem detail).

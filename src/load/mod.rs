@@ -154,7 +154,7 @@ impl Report {
             "viewers": self.args.viewers,
             "joined": self.joined,
             "joinFailures": self.join_failures,
-            "codec": format!("{:?}", self.args.codec).to_lowercase(),
+            "codec": self.args.codec.name(),
             "videoKbps": self.args.bitrate,
             "fps": self.args.fps,
             "audio": !self.args.no_audio,
@@ -201,7 +201,7 @@ impl Report {
             "switchboard load: {} viewers of {} ({}, {} kbit/s at {} fps{}) for {:.1} s\n",
             self.args.viewers,
             self.args.url,
-            format!("{:?}", self.args.codec).to_lowercase(),
+            self.args.codec.name(),
             self.args.bitrate,
             self.args.fps,
             if self.args.no_audio { "" } else { " + audio" },
@@ -297,7 +297,7 @@ pub fn main(args: LoadArgs) -> ExitCode {
 
 /// One run: the publisher, the viewers, the window, the report.
 pub fn run(args: LoadArgs) -> Result<Report, String> {
-    let endpoint = Endpoint::new(&args.url, args.token.clone());
+    let endpoint = Endpoint::new(&args.url, args.token.clone())?;
     clock_nanos();
     let plan = PublisherPlan {
         codec: args.codec,

@@ -7,7 +7,7 @@
 /// Marks a trailer: `SBLD`.
 const MAGIC: [u8; 4] = *b"SBLD";
 /// Bytes of the trailer at the end of every payload.
-pub const TRAILER_LEN: usize = 22;
+const TRAILER_LEN: usize = 22;
 
 /// What the trailer of one packet says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +62,25 @@ pub enum VideoCodec {
     H264,
 }
 
+impl VideoCodec {
+    pub fn codec(self) -> str0m::format::Codec {
+        match self {
+            VideoCodec::Vp8 => str0m::format::Codec::Vp8,
+            VideoCodec::H264 => str0m::format::Codec::H264,
+        }
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => "vp8",
+            VideoCodec::H264 => "h264",
+        }
+    }
+}
+
 /// Largest RTP payload written (a typical MTU's worth, as encoders packetize).
-pub const MAX_PAYLOAD: usize = 1100;
+const MAX_PAYLOAD: usize = 1100;
 
 /// The RTP payloads of one video frame of `bytes` bytes in all.
 pub fn video_frame(

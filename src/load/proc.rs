@@ -13,7 +13,8 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     parse_vm_rss(&status)
 }
 
-fn clock_ticks() -> f64 {
+/// Kernel clock ticks per second (the unit of /proc's CPU times).
+pub fn clock_ticks() -> f64 {
     // SAFETY: sysconf reads a constant of the running system; no memory is passed.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
@@ -26,7 +27,7 @@ fn clock_ticks() -> f64 {
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command
 /// name (field 2) may hold spaces and parentheses: fields are counted after its
 /// last `)`.
-fn parse_stat_cpu(stat: &str, ticks_per_second: f64) -> Option<f64> {
+pub fn parse_stat_cpu(stat: &str, ticks_per_second: f64) -> Option<f64> {
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) is index 11.

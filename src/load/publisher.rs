@@ -36,11 +36,8 @@ pub struct PublisherPlan {
 #[derive(Debug, Default)]
 pub struct PublisherStats {
     pub connected: AtomicBool,
-    pub failed: AtomicBool,
     pub audio: AtomicU64,
     pub video: AtomicU64,
-    pub frames: AtomicU64,
-    pub keyframes: AtomicU64,
     pub keyframe_requests: AtomicU64,
 }
 
@@ -59,7 +56,7 @@ impl Publisher {
         ip: IpAddr,
         plan: PublisherPlan,
     ) -> Result<Self, String> {
-        let mut rtc = client::client_rtc(plan.codec);
+        let mut rtc = client::client_rtc(plan.codec, &endpoint.cert);
         let (socket, local) = client::bind(&mut rtc, ip)?;
         let mut api = rtc.sdp_api();
         let audio = plan
@@ -72,12 +69,8 @@ impl Publisher {
             &offer.to_sdp_string(),
         )?;
         client::accept_answer(&mut rtc, pending, &created.answer)?;
-        let video_codec = match plan.codec {
-            VideoCodec::Vp8 => Codec::Vp8,
-            VideoCodec::H264 => Codec::H264,
-        };
         let audio_pt = client::pt_of(&rtc, Codec::Opus).ok_or("no Opus payload type")?;
-        let video_pt = client::pt_of(&rtc, video_codec).ok_or("no video payload type")?;
+        let video_pt = client::pt_of(&rtc, plan.codec.codec()).ok_or("no video payload type")?;
         let stats = Arc::new(PublisherStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut driver = Driver {
@@ -105,7 +98,6 @@ impl Publisher {
             .spawn(move || {
                 if let Err(e) = driver.run(&thread_stop) {
                     eprintln!("load: the publisher stopped: {e}");
-                    driver.stats.failed.store(true, Ordering::Relaxed);
                 }
             })
             .map_err(|e| format!("spawn the publisher: {e}"))?;
@@ -252,7 +244,6 @@ impl Driver {
             let keyframe = std::mem::take(&mut self.keyframe_wanted) || periodic;
             if keyframe {
                 self.last_keyframe = Some(now);
-                self.stats.keyframes.fetch_add(1, Ordering::Relaxed);
             }
             let ts = (u64::from(self.frame) * 90_000 / u64::from(self.plan.fps.max(1))) as u32;
             let sent = clock_nanos();
@@ -284,7 +275,6 @@ impl Driver {
                 self.video_seq += 1;
                 self.stats.video.fetch_add(1, Ordering::Relaxed);
             }
-            self.stats.frames.fetch_add(1, Ordering::Relaxed);
             self.frame += 1;
             self.picture_id = (self.picture_id + 1) & 0x7fff;
             due += frame_interval;

@@ -44,7 +44,7 @@ pub fn join(
     n: usize,
 ) -> Result<Joined, String> {
     let started = Instant::now();
-    let mut rtc = client::client_rtc(codec);
+    let mut rtc = client::client_rtc(codec, &endpoint.cert);
     let (socket, local) = client::bind(&mut rtc, ip)?;
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -207,7 +207,6 @@ impl Viewer {
                 Ok(Output::Event(_)) => {}
                 Err(e) => {
                     self.failed = Some(format!("the stack failed: {e}"));
-                    self.next = Instant::now() + Duration::from_secs(3600);
                     return;
                 }
             }
@@ -218,7 +217,6 @@ impl Viewer {
 /// What a pool's viewers have done so far.
 #[derive(Debug, Clone)]
 pub struct PoolSnapshot {
-    pub viewers: usize,
     pub connected: usize,
     pub failed: Vec<String>,
     pub audio: u64,
@@ -237,9 +235,9 @@ pub struct PoolSnapshot {
 }
 
 impl PoolSnapshot {
-    fn empty() -> Self {
+    /// Nothing yet, with `latency` as the latency so far.
+    fn empty(latency: Histogram<u64>) -> Self {
         PoolSnapshot {
-            viewers: 0,
             connected: 0,
             failed: Vec::new(),
             audio: 0,
@@ -252,7 +250,7 @@ impl PoolSnapshot {
             frames_incomplete: 0,
             frames_missing: 0,
             first_video: Vec::new(),
-            latency: latency_histogram(),
+            latency,
         }
     }
 
@@ -273,7 +271,6 @@ impl PoolSnapshot {
 
     /// Two pools' snapshots together.
     pub fn merge(mut self, other: PoolSnapshot) -> Self {
-        self.viewers += other.viewers;
         self.connected += other.connected;
         self.failed.extend(other.failed);
         self.audio += other.audio;
@@ -347,7 +344,7 @@ impl Pools {
         }
         answers
             .into_iter()
-            .try_fold(PoolSnapshot::empty(), |sum, rx| {
+            .try_fold(PoolSnapshot::empty(latency_histogram()), |sum, rx| {
                 rx.recv_timeout(Duration::from_secs(5))
                     .map(|s| sum.merge(s))
                     .map_err(|_| "a viewers' thread did not answer within 5 s".to_string())
@@ -482,8 +479,7 @@ fn drive(mut poll: Poll, commands: &mpsc::Receiver<Command>, stop: &AtomicBool) 
                 }
                 Command::ResetLatency => latency.reset(),
                 Command::Snapshot(reply) => {
-                    let mut s = PoolSnapshot::empty();
-                    s.viewers = viewers.len();
+                    let mut s = PoolSnapshot::empty(latency.clone());
                     for v in &viewers {
                         s.connected += usize::from(v.connected);
                         if let Some(why) = &v.failed {
@@ -502,7 +498,6 @@ fn drive(mut poll: Poll, commands: &mpsc::Receiver<Command>, stop: &AtomicBool) 
                         s.frames_missing += v.frames.missing;
                         s.first_video.extend(v.first_video);
                     }
-                    s.latency = latency.clone();
                     let _ = reply.send(s);
                 }
             }

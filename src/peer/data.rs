@@ -93,9 +93,18 @@ pub struct DataSide {
     limit: RateLimit,
     /// Closed for exceeding a limit: nothing more is taken from it.
     closed: bool,
+    /// The participant may send (its token grants `data`, or auth is off).
+    may_send: bool,
 }
 
 impl DataSide {
+    pub fn new(may_send: bool) -> Self {
+        DataSide {
+            may_send,
+            ..DataSide::default()
+        }
+    }
+
     /// The client opened a channel.
     pub fn opened(&mut self, id: ChannelId) {
         if self.channel.is_none() && !self.closed {
@@ -110,10 +119,14 @@ impl DataSide {
         }
     }
 
-    /// A message from the client: whether to relay it. Past a limit the client is
-    /// told why and the channel is closed.
+    /// A message from the client: whether to relay it. Without the grant, or past
+    /// a limit, the client is told why and the channel is closed.
     pub fn received(&mut self, rtc: &mut Rtc, id: ChannelId, len: usize, now: Instant) -> bool {
         if self.closed || self.channel != Some(id) {
+            return false;
+        }
+        if !self.may_send {
+            self.refuse(rtc, id, "the token does not grant `data`");
             return false;
         }
         match self.limit.take(len, now) {
@@ -126,7 +139,7 @@ impl DataSide {
     }
 
     /// Tells the client why its messages are refused, and closes the channel.
-    pub fn refuse(&mut self, rtc: &mut Rtc, id: ChannelId, reason: &str) {
+    fn refuse(&mut self, rtc: &mut Rtc, id: ChannelId, reason: &str) {
         if self.closed || self.channel != Some(id) {
             return;
         }

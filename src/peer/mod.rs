@@ -214,8 +214,8 @@ impl Peer {
             key,
             role,
             room,
+            data: data::DataSide::new(participant.may_send_data),
             participant,
-            data: data::DataSide::default(),
             rtc,
             created: now,
             last_alive: now,
@@ -386,7 +386,7 @@ impl Peer {
             panic = %message,
             "panic contained: the session will end"
         );
-        self.failed = Some("internal error (a panic was contained; logged)");
+        self.failed = Some(ended::INTERNAL_ERROR);
     }
 
     /// Drives the `Rtc` until it has nothing more to say: datagrams go to
@@ -400,7 +400,7 @@ impl Peer {
             }
             if !self.rtc.is_alive() {
                 self.next_timeout = None;
-                events.push(PeerEvent::Gone("connection closed"));
+                events.push(PeerEvent::Gone(ended::CONNECTION_CLOSED));
                 return;
             }
             let output = match self.guard("output", |peer| peer.rtc.poll_output()) {
@@ -460,10 +460,7 @@ impl Peer {
             }
             Event::ChannelData(d) => {
                 let now = Instant::now();
-                if !self.participant.may_send_data {
-                    self.data
-                        .refuse(&mut self.rtc, d.id, "the token does not grant `data`");
-                } else if self.data.received(&mut self.rtc, d.id, d.data.len(), now) {
+                if self.data.received(&mut self.rtc, d.id, d.data.len(), now) {
                     let p = &self.participant;
                     let message = data::envelope(&p.identity, p.name.as_deref(), d.binary, &d.data);
                     events.push(PeerEvent::Data(message.into()));
@@ -475,7 +472,7 @@ impl Peer {
                 events.push(PeerEvent::Stats(self.stats.on_ingress(&s)));
             }
             Event::PeerStats(s) => events.push(PeerEvent::Stats(self.stats.on_peer(&s))),
-            Event::Closed => events.push(PeerEvent::Gone("closed by the client")),
+            Event::Closed => events.push(PeerEvent::Gone(ended::CLOSED_BY_CLIENT)),
             _ => {}
         }
     }
@@ -692,18 +689,18 @@ impl Peer {
             return Some(why);
         }
         if !self.rtc.is_alive() {
-            return Some("connection closed");
+            return Some(ended::CONNECTION_CLOSED);
         }
         if !self.connected && now.saturating_duration_since(self.created) > timeout {
-            return Some("ICE/DTLS did not connect in time");
+            return Some(ended::NEVER_CONNECTED);
         }
         if now.saturating_duration_since(self.last_alive) > timeout {
-            return Some("nothing authenticated received from the client");
+            return Some(ended::SILENT);
         }
         if matches!(self.ice_state, IceConnectionState::Disconnected)
             && now.saturating_duration_since(self.last_alive) > timeout / 2
         {
-            return Some("ICE disconnected");
+            return Some(ended::ICE_DISCONNECTED);
         }
         None
     }
@@ -716,6 +713,17 @@ const MAX_REPLAY_QUEUE: usize = 2048;
 /// Publishers a viewer's keyframe requests are remembered for (more than it
 /// can show at once).
 const MAX_KEYFRAME_ASKS: usize = 2 * offer::MAX_SLOTS_PER_KIND;
+
+/// Why the server ends a session on its own: the reasons logged, and the ones
+/// the reaped-sessions metric labels (`Metrics::reap_label`).
+pub mod ended {
+    pub const CONNECTION_CLOSED: &str = "connection closed";
+    pub const CLOSED_BY_CLIENT: &str = "closed by the client";
+    pub const NEVER_CONNECTED: &str = "ICE/DTLS did not connect in time";
+    pub const SILENT: &str = "nothing authenticated received from the client";
+    pub const ICE_DISCONNECTED: &str = "ICE disconnected";
+    pub const INTERNAL_ERROR: &str = "internal error (a panic was contained; logged)";
+}
 
 /// Remote ICE candidates one session may give (offer and trickle together).
 /// Real clients give a handful; each one is a destination of our checks.

@@ -196,23 +196,28 @@ pub fn summarize(sdp: &str) -> Vec<OfferedMedia> {
     media
 }
 
-/// Why an offer has nothing we can take, in words a person can act on; `None` when
-/// it has something. `publishing` is true for WHIP (we need media the client sends)
-/// and false for WHEP (we need media the client receives).
 /// The offer has a data channel (an SCTP m-line not rejected).
 pub fn has_data_channel(media: &[OfferedMedia]) -> bool {
     media.iter().any(|m| m.kind == "application" && !m.rejected)
 }
 
+/// The offer has an audio or video m-line not rejected.
+pub fn has_av(media: &[OfferedMedia]) -> bool {
+    media.iter().any(|m| m.is_av() && !m.rejected)
+}
+
+/// Why an offer has nothing we can take, in words a person can act on; `None` when
+/// it has something. `publishing` is true for WHIP (we need media the client sends)
+/// and false for WHEP (we need media the client receives).
 pub fn nothing_usable(media: &[OfferedMedia], publishing: bool) -> Option<String> {
     if media.is_empty() {
         return Some("the offer has no m-lines".to_string());
     }
-    if !publishing && has_data_channel(media) && !media.iter().any(|m| m.is_av() && !m.rejected) {
-        return None; // a data-only participant
-    }
     let av: Vec<&OfferedMedia> = media.iter().filter(|m| m.is_av() && !m.rejected).collect();
     if av.is_empty() {
+        if !publishing && has_data_channel(media) {
+            return None; // a data-only participant
+        }
         let kinds: Vec<&str> = media.iter().map(|m| m.kind.as_str()).collect();
         return Some(format!(
             "the offer has no audio or video m-line (it has: {}); {}",

@@ -108,7 +108,7 @@ impl StatsTracker {
         }
     }
 
-    pub fn on_peer(&mut self, s: &PeerStats) -> StatsDelta {
+    pub fn on_peer(&self, s: &PeerStats) -> StatsDelta {
         StatsDelta {
             estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
             ..StatsDelta::default()

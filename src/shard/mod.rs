@@ -388,7 +388,7 @@ impl ShardLoop {
                             panic = %message,
                             "panic contained: ending the session"
                         );
-                        self.abandon(key, "internal error (a panic was contained; logged)");
+                        self.abandon(key, crate::peer::ended::INTERNAL_ERROR);
                     }
                     None => tracing::error!(
                         shard = self.index,
