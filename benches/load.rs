@@ -300,6 +300,7 @@ fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
             loopback,
             VideoCodec::Vp8,
             n,
+            0.0,
         )?)?;
     }
     row.rss_clients_built_kb = vm_rss_kb();
@@ -346,10 +347,10 @@ fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
     row.published = publisher.sent() - published0;
     row.plis = publisher.stats.keyframe_requests.load(Ordering::Relaxed) - plis0;
     row.forwarded_metric = forwarded1.saturating_sub(forwarded0);
-    row.delivered_video = v1.video;
-    row.delivered_audio = v1.audio;
+    row.delivered_video = v1.counts.video;
+    row.delivered_audio = v1.counts.audio;
     row.delivered = row.delivered_video + row.delivered_audio;
-    row.expected = v1.expected;
+    row.expected = v1.counts.expected();
     let failed = v1.failed.len();
 
     let delta = cpu_delta(&cpu0, &cpu1);

@@ -83,6 +83,11 @@ pub struct LoadArgs {
     /// Viewers joining per second.
     #[arg(long, default_value_t = 50.0)]
     pub join_rate: f64,
+    /// Percent of media packets each viewer drops on arrival, before its stack sees
+    /// them: the server must repair them through NACKs (they then count as late, not
+    /// lost).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
     /// Threads driving the viewers.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -148,6 +153,7 @@ impl Report {
 
     pub fn to_json(&self) -> Value {
         let e = &self.end;
+        let c = &e.counts;
         json!({
             "url": self.args.url,
             "room": self.args.room,
@@ -178,17 +184,20 @@ impl Report {
                 "max": self.first_video_ms(1.0),
                 "viewersWithVideo": e.first_video.len(),
             },
+            "lossPercent": self.args.loss,
             "packets": {
-                "expected": e.expected,
-                "received": e.received,
-                "lost": e.expected.saturating_sub(e.received),
-                "duplicated": e.duplicated,
-                "reordered": e.reordered,
+                "expected": c.expected(),
+                "received": c.received(),
+                "lost": c.expected().saturating_sub(c.received()),
+                "videoLost": c.video_lost(),
+                "audioLost": c.audio_lost(),
+                "duplicated": c.duplicated,
+                "reordered": c.reordered,
             },
             "frames": {
-                "complete": e.frames_complete,
-                "incomplete": e.frames_incomplete,
-                "missing": e.frames_missing,
+                "complete": c.frames_complete,
+                "incomplete": c.frames_incomplete,
+                "missing": c.frames_missing,
             },
             "viewerFailures": e.failed,
         })
@@ -251,16 +260,24 @@ impl Report {
             ms(self.first_video_ms(1.0)),
             e.first_video.len()
         );
+        let c = &e.counts;
         out += &format!(
-            "  packets         {} lost, {} duplicated, {} reordered of {}\n",
-            e.expected.saturating_sub(e.received),
-            e.duplicated,
-            e.reordered,
-            e.expected
+            "  packets         {} video and {} audio lost, {} duplicated, {} late (reordered or resent) of {}\n",
+            c.video_lost(),
+            c.audio_lost(),
+            c.duplicated,
+            c.reordered,
+            c.expected()
         );
+        if self.args.loss > 0.0 {
+            out += &format!(
+                "                  ({}% dropped on arrival at each viewer; video is resent, audio is not)\n",
+                self.args.loss
+            );
+        }
         out += &format!(
             "  frames          {} whole, {} incomplete, {} missing\n",
-            e.frames_complete, e.frames_incomplete, e.frames_missing
+            c.frames_complete, c.frames_incomplete, c.frames_missing
         );
         if !e.failed.is_empty() {
             out += &format!(
@@ -329,7 +346,7 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        match viewers::join(&endpoint, &args.room, args.bind, args.codec, n) {
+        match viewers::join(&endpoint, &args.room, args.bind, args.codec, n, args.loss) {
             Ok(joined) => {
                 locations.extend(joined.location.clone());
                 pools.add(joined)?;
@@ -371,7 +388,8 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
             "{:>3} s: {} viewers connected, {} packets received, latency p99 {}",
             window_start.elapsed().as_secs(),
             s.connected,
-            (s.audio + s.video).saturating_sub(begin.audio + begin.video),
+            (s.counts.audio + s.counts.video)
+                .saturating_sub(begin.counts.audio + begin.counts.video),
             p99.map_or("n/a".into(), |v| format!("{v:.2} ms"))
         ));
     }
@@ -380,7 +398,7 @@ pub fn run(args: LoadArgs) -> Result<Report, String> {
     let sent = publisher.sent() - sent_begin;
     let end = pools.snapshot()?.since(&begin);
     let rss_after = args.server_pid.and_then(proc::rss_bytes);
-    let received = end.audio + end.video;
+    let received = end.counts.audio + end.counts.video;
 
     pools.stop();
     // The sessions are ended, within a bound: a hung server is left to reap them.

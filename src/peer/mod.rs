@@ -8,6 +8,7 @@ mod credentials;
 pub mod data;
 pub mod offer;
 mod publisher;
+mod resend;
 pub mod stats;
 mod viewer;
 
@@ -467,7 +468,12 @@ impl Peer {
                 }
             }
             Event::ChannelClose(id) => self.data.channel_closed(id),
-            Event::MediaEgressStats(s) => events.push(PeerEvent::Stats(self.stats.on_egress(&s))),
+            Event::MediaEgressStats(s) => {
+                if let (Role::Viewer, Some(rtt)) = (self.role, s.rtt) {
+                    self.viewer.on_round_trip(&mut self.rtc, s.mid, rtt);
+                }
+                events.push(PeerEvent::Stats(self.stats.on_egress(&s)));
+            }
             Event::MediaIngressStats(s) => {
                 events.push(PeerEvent::Stats(self.stats.on_ingress(&s)));
             }
@@ -861,8 +867,8 @@ fn rtc_config(settings: &PeerSettings, preferred_video: Option<Codec>) -> RtcCon
     // other codec uses (str0m's H265 has fixed ones; taken before it was
     // enabled, 102/103 were claimed twice and the answer could list 102 twice).
     let mut config = with_more_h264_profiles(config)
-        // A few hundred ms of video is all a NACK can still use; the default (1000+
-        // packets) is most of a viewer's memory.
+        // str0m's first resend history per stream (its default is 1,000+ packets);
+        // a viewer's video streams then keep what `peer/resend.rs` says.
         .set_send_buffer_video(300)
         .set_send_buffer_audio(50);
     // Beyond str0m's standard extensions: those a viewer needs as the publisher sent them.

@@ -11,6 +11,7 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::Rtc;
 
 use super::negotiated;
+use super::resend::{self, ResendHistory};
 use crate::router::forward::{Drop, Forwarder, PacketMeta};
 use crate::router::layer_select::{best_allowed, Preference, UP_HEADROOM};
 use crate::router::layer_switch::{Admit, LayerSwitch};
@@ -64,6 +65,8 @@ struct Slot {
     /// The track a video slot moves to on that track's next keyframe; until
     /// then the shown one goes on.
     next: Option<Shown>,
+    /// How long str0m keeps what this slot sent, for NACKs (video only).
+    resend: ResendHistory,
 }
 
 /// A publisher track as one slot follows it.
@@ -170,13 +173,15 @@ impl ViewerSide {
             else {
                 continue;
             };
-            let Some(ssrc) = rtc
-                .direct_api()
-                .stream_tx_by_mid(media.mid, None)
-                .map(|s| s.ssrc())
-            else {
+            let mut api = rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(media.mid, None) else {
                 continue;
             };
+            let resend = ResendHistory::default();
+            if media.kind == MediaKind::Video {
+                stream.set_rtx_cache(resend::MAX_PACKETS, resend.age(), resend::RESEND_RATIO_CAP);
+            }
+            let ssrc = stream.ssrc();
             self.slots.push(Slot {
                 mid: media.mid,
                 kind: media.kind,
@@ -187,7 +192,27 @@ impl ViewerSide {
                 forwarder: None,
                 shown: None,
                 next: None,
+                resend,
             });
+        }
+    }
+
+    /// Fits the resend history of the video slot on `mid` to the viewer's measured
+    /// round trip (see `peer/resend.rs`).
+    pub fn on_round_trip(&mut self, rtc: &mut Rtc, mid: Mid, rtt: Duration) {
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.mid == mid && s.kind == MediaKind::Video)
+        else {
+            return;
+        };
+        let Some(age) = slot.resend.retune(rtt) else {
+            return;
+        };
+        if let Some(stream) = rtc.direct_api().stream_tx(&slot.ssrc) {
+            tracing::debug!(%mid, rtt_ms = rtt.as_millis() as u64, age_ms = age.as_millis() as u64, "resend history retuned");
+            stream.set_rtx_cache(resend::MAX_PACKETS, age, resend::RESEND_RATIO_CAP);
         }
     }
 
