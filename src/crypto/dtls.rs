@@ -18,9 +18,7 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
 use openssl::srtp::SrtpProfileId;
-use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslMethod, SslMode, SslOptions, SslStream, SslVerifyMode,
-};
+use openssl::ssl::{ErrorCode, Ssl, SslContext, SslMethod, SslOptions, SslStream, SslVerifyMode};
 use openssl::x509::{X509NameBuilder, X509};
 use str0m::crypto::dtls::{DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider};
 use str0m::crypto::dtls::{DtlsVersion, KeyingMaterial, ProtocolVersion, SrtpProfile};
@@ -478,9 +476,6 @@ fn build_context(cert: &DtlsCert) -> Result<SslContext, ErrorStack> {
     context.set_options(
         SslOptions::SINGLE_ECDH_USE | SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU,
     );
-    // After the handshake most associations carry nothing (media is SRTP, outside
-    // DTLS): their read and write buffers (~34 KB) are freed while idle.
-    context.set_mode(SslMode::RELEASE_BUFFERS);
     Ok(context.build())
 }
 
