@@ -113,8 +113,9 @@ pub struct OpensslDtls {
     stage: Stage,
     active: bool,
     events: VecDeque<Event>,
-    /// Datagrams of a stream that is gone: the alert of a failed handshake.
-    orphaned: VecDeque<Vec<u8>>,
+    /// Datagrams OpenSSL wrote, taken out of its pipe after each call into it, so
+    /// that polling (str0m polls on every output) does not call into OpenSSL.
+    outgoing: VecDeque<Vec<u8>>,
     last_now: Instant,
     close_sent: bool,
     close_received: bool,
@@ -148,7 +149,7 @@ impl OpensslDtls {
             stage: Stage::Created(ssl),
             active: false,
             events: VecDeque::new(),
-            orphaned: VecDeque::new(),
+            outgoing: VecDeque::new(),
             last_now: now,
             close_sent: false,
             close_received: false,
@@ -161,6 +162,14 @@ impl OpensslDtls {
                 Some(stream)
             }
             Stage::Created(_) | Stage::Failed => None,
+        }
+    }
+
+    /// Takes what OpenSSL wrote into its pipe (see `outgoing`).
+    fn collect_outgoing(&mut self) {
+        if let Some(stream) = self.stream_mut() {
+            let written = std::mem::take(&mut stream.get_mut().to_send);
+            self.outgoing.extend(written);
         }
     }
 
@@ -193,7 +202,7 @@ impl OpensslDtls {
                         reason,
                         "DTLS handshake finished without what DTLS-SRTP needs"
                     );
-                    self.orphaned = std::mem::take(&mut stream.get_mut().to_send);
+                    self.outgoing.append(&mut stream.get_mut().to_send);
                     Err(failure(dimpl::CryptoOperation::CompleteKeyExchange))
                 }
             },
@@ -204,7 +213,7 @@ impl OpensslDtls {
             Err(error) => {
                 tracing::info!(%error, "DTLS handshake failed");
                 // The alert OpenSSL wrote still goes out, so the peer learns why.
-                self.orphaned = std::mem::take(&mut stream.get_mut().to_send);
+                self.outgoing.append(&mut stream.get_mut().to_send);
                 Err(failure(dimpl::CryptoOperation::CompleteKeyExchange))
             }
         }
@@ -288,6 +297,7 @@ impl DtlsInstance for OpensslDtls {
                 self.stage = Stage::Handshaking(stream);
                 // The ClientHello goes out now; errors surface on the next input.
                 let _ = self.drive_handshake();
+                self.collect_outgoing();
             }
             Ok(stream) => self.stage = Stage::Listening(stream),
             Err(error) => tracing::warn!(%error, "DTLS stream could not be set up"),
@@ -303,23 +313,20 @@ impl DtlsInstance for OpensslDtls {
         if !packet.is_empty() {
             stream.get_mut().push_received(packet);
         }
-        match self.stage {
+        let result = match self.stage {
             Stage::Connected(_) => self.read_application_data(),
             _ => self.drive_handshake(),
-        }
+        };
+        self.collect_outgoing();
+        result
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        let outgoing = match self.stream_mut() {
-            Some(stream) => stream.get_mut().to_send.pop_front(),
-            None => None,
-        }
-        .or_else(|| self.orphaned.pop_front());
-        if let Some(datagram) = outgoing {
+        if let Some(datagram) = self.outgoing.pop_front() {
             return match lend(buf, &datagram) {
                 Ok(bytes) => DtlsOutput::Packet(bytes),
                 Err(needed) => {
-                    self.push_front_outgoing(datagram);
+                    self.outgoing.push_front(datagram);
                     DtlsOutput::BufferTooSmall { needed }
                 }
             };
@@ -350,10 +357,12 @@ impl DtlsInstance for OpensslDtls {
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
         self.last_now = now;
-        if self.is_handshaking() {
-            self.drive_handshake()?;
+        if !self.is_handshaking() {
+            return Ok(());
         }
-        Ok(())
+        let result = self.drive_handshake();
+        self.collect_outgoing();
+        result
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
@@ -364,13 +373,15 @@ impl DtlsInstance for OpensslDtls {
         if data.is_empty() {
             return Ok(0);
         }
-        match stream.ssl_write(data) {
+        let result = match stream.ssl_write(data) {
             Ok(written) => Ok(written),
             Err(error) => {
                 tracing::debug!(%error, "DTLS write failed");
                 Err(failure(dimpl::CryptoOperation::Encrypt))
             }
-        }
+        };
+        self.collect_outgoing();
+        result
     }
 
     fn is_active(&self) -> bool {
@@ -386,13 +397,7 @@ impl DtlsInstance for OpensslDtls {
     }
 
     fn is_closed(&self) -> bool {
-        let unsent = match &self.stage {
-            Stage::Listening(stream) | Stage::Handshaking(stream) | Stage::Connected(stream) => {
-                !stream.get_ref().to_send.is_empty()
-            }
-            Stage::Created(_) | Stage::Failed => false,
-        };
-        self.close_sent && !unsent && self.orphaned.is_empty()
+        self.close_sent && self.outgoing.is_empty()
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
@@ -402,16 +407,8 @@ impl DtlsInstance for OpensslDtls {
             }
         }
         self.close_sent = true;
+        self.collect_outgoing();
         Ok(())
-    }
-}
-
-impl OpensslDtls {
-    fn push_front_outgoing(&mut self, datagram: Vec<u8>) {
-        match self.stream_mut() {
-            Some(stream) => stream.get_mut().to_send.push_front(datagram),
-            None => self.orphaned.push_front(datagram),
-        }
     }
 }
 
