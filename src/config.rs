@@ -192,7 +192,7 @@ impl Default for MediaConfig {
             keyframe_cache_bytes: 8 * 1024 * 1024,
             // Off until str0m's estimate holds up against browsers (see the
             // README: against Chromium viewers it falls far below the link).
-            viewer_initial_estimate_kbps: 1000,
+            viewer_initial_estimate_kbps: 600,
         }
     }
 }
