@@ -16,6 +16,7 @@
 mod command;
 pub mod demux;
 mod handle;
+mod send;
 mod socket;
 mod timers;
 
@@ -40,8 +41,9 @@ pub use command::{AcceptRequest, Command, CommandClass, PatchOutcome, DELETED_BY
 use demux::{Demux, DropReason, Route};
 use handle::{AliveGuard, Shared};
 pub use handle::{ShardHandle, MEDIA_LIMIT, REQUEST_LIMIT};
+use send::SendBatch;
 pub use socket::default_bind_ips;
-use socket::{SendBatch, ShardSockets};
+use socket::ShardSockets;
 use timers::Timers;
 
 use crate::config::Config;
