@@ -184,6 +184,7 @@ impl Shard {
                     replaying: Vec::new(),
                     last_pace: Instant::now(),
                     sends: SendBatch::new(),
+                    fan_out_turn: 0,
                     next_housekeeping: Instant::now() + HOUSEKEEPING_INTERVAL,
                     next_sources_tick: Instant::now() + sources::TICK,
                     dropped_by,
@@ -229,6 +230,8 @@ struct ShardLoop {
     last_pace: Instant,
     /// Datagrams to send at the end of this loop turn.
     sends: SendBatch,
+    /// Counts fan-outs: where the next one starts among a room's viewers.
+    fan_out_turn: usize,
     next_housekeeping: Instant,
     /// When the rooms' sources (levels, mutes, speakers) are next looked at.
     next_sources_tick: Instant,
@@ -1187,7 +1190,12 @@ impl ShardLoop {
         let mut wants_keyframe = false;
         let mut written = 0u64;
         let mut layer_wishes: Vec<(PeerKey, (u64, u8))> = Vec::new();
-        for key in &room.viewers {
+        // Viewers are written (and drained) from a place that moves on with every
+        // packet, so no viewer is always the last to get a frame.
+        self.fan_out_turn = self.fan_out_turn.wrapping_add(1);
+        let first = self.fan_out_turn % room.viewers.len().max(1);
+        let (later, earlier) = room.viewers.split_at(first);
+        for key in earlier.iter().chain(later) {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
             };
