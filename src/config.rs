@@ -190,8 +190,8 @@ impl Default for MediaConfig {
             udp_port_max: 50099,
             public_ips: Vec::new(),
             keyframe_cache_bytes: 8 * 1024 * 1024,
-            // Off until str0m's estimate holds up against browsers (see the
-            // README: against Chromium viewers it falls far below the link).
+            // As mediasoup's initial available bitrate: a new viewer does not start
+            // on a layer a narrow link cannot carry, and climbs where it can.
             viewer_initial_estimate_kbps: 600,
         }
     }

@@ -34,7 +34,7 @@ async fn video_lost_on_the_way_to_viewers_is_resent_in_full() {
             "--seconds",
             "5",
             "--warmup",
-            "1",
+            "2",
             "--bitrate",
             "800",
             "--loss",
@@ -54,12 +54,15 @@ async fn video_lost_on_the_way_to_viewers_is_resent_in_full() {
         assert!(report.end.failed.is_empty(), "{:?}", report.end.failed);
         // The drops happened: audio, which nobody resends, shows them...
         assert!(counts.audio_lost() > 0, "no audio was dropped: {counts:?}");
-        // ...and video packets came late, resent.
-        assert!(counts.reordered > 0, "nothing was resent: {counts:?}");
-        // Every video packet arrived in the end, every frame whole.
+        // ...and video came late, resent: about the 5 % dropped (2 % is a bound
+        // no fair draw misses at these counts).
         assert!(counts.video_expected > 1000, "{counts:?}");
+        assert!(
+            counts.reordered * 50 > counts.video_expected,
+            "too little was resent: {counts:?}"
+        );
+        // Every video packet arrived in the end, every frame whole.
         assert_eq!(counts.video_lost(), 0, "{counts:?}");
-        assert_eq!(counts.duplicated, 0, "{counts:?}");
         assert_eq!(
             (counts.frames_incomplete, counts.frames_missing),
             (0, 0),

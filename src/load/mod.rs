@@ -84,8 +84,8 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 50.0)]
     pub join_rate: f64,
     /// Percent of media packets each viewer drops on arrival, before its stack sees
-    /// them: the server must repair them through NACKs (they then count as late, not
-    /// lost).
+    /// them: the server must repair video through NACKs (resent video counts as
+    /// late, not lost; audio is not resent, as browsers do not ask for it).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
     /// Threads driving the viewers.

@@ -75,12 +75,15 @@ pub fn join(
 
 /// Drops a share of a viewer's incoming RTP packets (SRTP, told apart from RTCP,
 /// STUN and DTLS by their first two bytes, RFC 7983 and RFC 5761), as a lossy
-/// last mile would.
+/// last mile would; never a stream's first packet, which a receiver cannot ask for
+/// (it does not know the stream yet).
 #[derive(Debug)]
 struct LossSim {
     /// Out of `u32::MAX`.
     threshold: u32,
     state: u64,
+    /// SSRCs (in clear in SRTP) whose first packet went through.
+    known: Vec<u32>,
 }
 
 impl LossSim {
@@ -90,6 +93,7 @@ impl LossSim {
             threshold: (share * f64::from(u32::MAX)) as u32,
             // Any odd start works for xorshift; each viewer gets its own sequence.
             state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            known: Vec::new(),
         }
     }
 
@@ -98,7 +102,12 @@ impl LossSim {
             return false;
         }
         let is_rtp = matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second));
-        if !is_rtp {
+        let Some(ssrc) = datagram.get(8..12).filter(|_| is_rtp) else {
+            return false;
+        };
+        let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+        if !self.known.contains(&ssrc) {
+            self.known.push(ssrc);
             return false;
         }
         // xorshift64: cheap and good enough to pick packets.
@@ -169,12 +178,9 @@ impl Stream {
     /// What should have arrived and what did, leaving out the newest
     /// [`UNSETTLED`] sequence numbers: a packet missing there may still be resent.
     fn settled(&self) -> (u64, u64) {
+        // UNSETTLED < 128: the bitmap covers the newest packets it leaves out.
         let recent = UNSETTLED.min(self.expected());
-        let mask = if recent >= 128 {
-            u128::MAX
-        } else {
-            (1u128 << recent) - 1
-        };
+        let mask = (1u128 << recent) - 1;
         let arrived_recently = u64::from((self.seen & mask).count_ones());
         (
             self.expected() - recent,
@@ -700,8 +706,8 @@ mod tests {
 
     #[test]
     fn the_loss_simulation_drops_about_its_share_of_rtp_only() {
-        let rtp = [0x80, 96, 0, 1];
-        let rtcp = [0x80, 200, 0, 6];
+        let rtp = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        let rtcp = [0x80, 200, 0, 6, 0, 0, 0, 0, 0, 0, 0, 7];
         let stun = [0x00, 0x01, 0, 0];
         let dtls = [22, 254, 253];
         let mut none = LossSim::new(0.0, 1);
@@ -710,7 +716,11 @@ mod tests {
         let dropped = (0..100_000).filter(|_| five.drops(&rtp)).count();
         assert!((4_500..5_500).contains(&dropped), "{dropped} of 100000");
         let mut all = LossSim::new(100.0, 3);
+        assert!(!all.drops(&rtp), "a stream's first packet");
         assert!(all.drops(&rtp));
+        let mut other_stream = rtp;
+        other_stream[11] = 8;
+        assert!(!all.drops(&other_stream), "another stream's first packet");
         assert!(!all.drops(&rtcp) && !all.drops(&stun) && !all.drops(&dtls) && !all.drops(&[]));
     }
 

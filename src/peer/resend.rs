@@ -7,11 +7,13 @@
 //! It is bounded by time now, as libwebrtc's packet history is: at least a second
 //! (a receiver that does not know the round trip retries a NACK every 100 ms, and a
 //! resend can be lost too: with 5 % loss toward a viewer, 300 ms left a few packets
-//! per ten thousand unrepaired), and four round trips for a viewer far away.
+//! per ten thousand unrepaired), and about four round trips for a viewer far away.
 //!
 //! Pure policy; `peer/viewer.rs` applies it through str0m's `StreamTx::set_rtx_cache`,
-//! which starts a new, empty cache each time: so the age changes only when the
-//! measured round trip asks for a lot more (or, later, a lot less) than it has.
+//! which starts a new, empty cache each time. So the age only grows, and only when a
+//! measured round trip asks for a quarter more than it has: at most three times in
+//! a session (1 s to 2 s), and a round trip swinging back and forth (one receiver
+//! report's sample, unsmoothed) cannot empty the cache again and again.
 
 use std::time::Duration;
 
@@ -24,8 +26,9 @@ const ROUND_TRIPS: u32 = 4;
 /// Time on top: the receiver waits a little for reordered packets before it asks.
 const MARGIN: Duration = Duration::from_millis(150);
 /// The most packets a stream keeps, whatever its bitrate (str0m grows the cache only
-/// as far as the age needs: about 180 packets a second at 1.5 Mbit/s).
-pub const MAX_PACKETS: usize = 1024;
+/// as far as the age needs: about 180 packets a second at 1.5 Mbit/s, a second at
+/// 15 Mbit/s fits).
+pub const MAX_PACKETS: usize = 2048;
 /// str0m drops queued resends when they exceed this share of what is sent (its own
 /// default): a viewer losing more is better served by a lower layer than by resends.
 pub const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
@@ -55,12 +58,10 @@ impl ResendHistory {
     }
 
     /// The new age to apply for a measured round trip, if it is worth starting the
-    /// cache anew for: one that needs more than a quarter again, or less than
-    /// two thirds.
+    /// cache anew for: one that needs more than a quarter again.
     pub fn retune(&mut self, rtt: Duration) -> Option<Duration> {
         let wanted = age_for(rtt);
-        let worth = wanted > self.age.mul_f64(1.25) || wanted < self.age.mul_f64(2.0 / 3.0);
-        if !worth {
+        if wanted <= self.age.mul_f64(1.25) {
             return None;
         }
         self.age = wanted;
@@ -97,7 +98,7 @@ mod tests {
     }
 
     #[test]
-    fn small_changes_keep_the_cache_large_ones_start_it_anew() {
+    fn the_history_grows_in_large_steps_and_never_shrinks() {
         let mut history = ResendHistory::default();
         // 1 s → 1.15 s: not worth dropping what is kept.
         assert_eq!(history.retune(ms(250)), None);
@@ -105,8 +106,11 @@ mod tests {
         assert_eq!(history.retune(ms(400)), Some(ms(1750)));
         assert_eq!(history.retune(ms(500)), None); // 1.75 → 2 s
         assert_eq!(history.age(), ms(1750));
-        // Back close by: 1.75 s → 1 s is less than two thirds.
-        assert_eq!(history.retune(ms(10)), Some(MIN_AGE));
-        assert_eq!(history.retune(ms(20)), None);
+        // Back close by, and far again: the cache is kept all along.
+        for rtt in [10, 480, 280, 480, 280, 10] {
+            assert_eq!(history.retune(ms(rtt)), None, "rtt {rtt} ms");
+        }
+        assert_eq!(history.age(), ms(1750));
+        assert_eq!(history.retune(ms(900)), None); // 1.75 → 2 s is not a quarter
     }
 }

@@ -1190,12 +1190,12 @@ impl ShardLoop {
         let mut wants_keyframe = false;
         let mut written = 0u64;
         let mut layer_wishes: Vec<(PeerKey, (u64, u8))> = Vec::new();
-        // Viewers are written (and drained) from a place that moves on with every
-        // packet, so no viewer is always the last to get a frame.
+        // Viewers are written (and so drained) in an order that starts at a place
+        // moving on with every packet, so no viewer is always the last to get a frame.
         self.fan_out_turn = self.fan_out_turn.wrapping_add(1);
         let first = self.fan_out_turn % room.viewers.len().max(1);
-        let (later, earlier) = room.viewers.split_at(first);
-        for key in earlier.iter().chain(later) {
+        let (before_first, from_first) = room.viewers.split_at(first);
+        for key in from_first.iter().chain(before_first) {
             let Some(peer) = self.peers.get_mut(key) else {
                 continue;
             };

@@ -6,8 +6,9 @@
 //! as one message where the kernel can split it (UDP GSO, `UDP_SEGMENT`, Linux
 //! 4.18+): consecutive datagrams to one destination, all but the last of one size.
 //! The network stack is then walked once per message instead of once per datagram,
-//! and what leaves is the same datagrams. If the kernel refuses a segmented message
-//! (no GSO), the shard sends one datagram per message from then on.
+//! and what leaves is the same datagrams. If the kernel has no GSO, the shard sends
+//! one datagram per message from then on; a segmented message that is too large for
+//! its path (a lowered path MTU) goes again as single datagrams, which may fragment.
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -64,13 +65,20 @@ impl SendBatch {
         self.pending
             .sort_by_key(|t| sockets.index_of(t.source).unwrap_or(0));
         let mut start = 0;
+        // Datagrams before this index go one per message: their segmented message
+        // was refused as too large for its path.
+        let mut singles_until = 0;
         while start < self.pending.len() {
             let socket_index = sockets.index_of(self.pending[start].source).unwrap_or(0);
             let same_socket = self.pending[start..]
                 .iter()
                 .position(|t| sockets.index_of(t.source).unwrap_or(0) != socket_index)
                 .map_or(self.pending.len(), |n| start + n);
-            let max_segments = if self.gso { MAX_SEGMENTS } else { 1 };
+            let max_segments = if self.gso && start >= singles_until {
+                MAX_SEGMENTS
+            } else {
+                1
+            };
             let messages: Vec<Range<usize>> =
                 messages(&self.pending[..same_socket], start, max_segments)
                     .take(Self::CHUNK)
@@ -94,8 +102,11 @@ impl SendBatch {
                         start = range.end;
                     }
                 }
-                Err(e) if messages[0].len() > 1 && refuses_segmentation(&e) => {
-                    tracing::info!(error = %e, "the kernel refuses UDP segmentation offload; sending one datagram per message");
+                Err(e) if messages[0].len() > 1 && too_large_for_its_path(&e) => {
+                    singles_until = messages[0].end;
+                }
+                Err(e) if messages[0].len() > 1 && has_no_segmentation(&e) => {
+                    tracing::info!(error = %e, "the kernel has no UDP segmentation offload; sending one datagram per message");
                     self.gso = false;
                 }
                 Err(e) => {
@@ -119,12 +130,19 @@ impl Default for SendBatch {
 }
 
 /// The errors with which a kernel or a device without UDP GSO refuses a segmented
-/// message (as quinn-udp reads them).
-fn refuses_segmentation(e: &std::io::Error) -> bool {
+/// message (EIO as quinn-udp reads it: a device that cannot checksum it).
+fn has_no_segmentation(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+        Some(libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
     )
+}
+
+/// The errors with which the kernel refuses a segmented message whose segments do
+/// not fit the path MTU (EINVAL on older kernels, EMSGSIZE on newer ones); sent one by
+/// one, the datagrams are fragmented as they would have been without GSO.
+fn too_large_for_its_path(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
 }
 
 /// Splits `pending[start..]` into messages, in order: each a run of consecutive
@@ -187,6 +205,8 @@ fn send_messages(
         .collect();
     let mut controls: Vec<[u64; CONTROL_WORDS]> = vec![[0; CONTROL_WORDS]; messages.len()];
     let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(messages.len());
+    // One pointer for all messages: each message's iovecs start `first_iovec` on.
+    let iovecs_base = iovecs.as_mut_ptr();
     let mut first_iovec = 0;
     for ((message, addr), control) in messages.iter().zip(&addrs).zip(controls.iter_mut()) {
         // SAFETY: mmsghdr is plain data (pointers and integers) for which all
@@ -194,8 +214,11 @@ fn send_messages(
         let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
         h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
         h.msg_hdr.msg_namelen = addr.len();
-        h.msg_hdr.msg_iov = iovecs[first_iovec..].as_mut_ptr();
-        h.msg_hdr.msg_iovlen = message.len();
+        // SAFETY: `first_iovec` plus this message's length is at most the number of
+        // iovecs (they were made from these very messages), so the pointer is in
+        // bounds of `iovecs`.
+        h.msg_hdr.msg_iov = unsafe { iovecs_base.add(first_iovec) };
+        h.msg_hdr.msg_iovlen = message.len() as _;
         first_iovec += message.len();
         if message.len() > 1 {
             let segment = u16::try_from(pending[message.start].contents.len()).unwrap_or(u16::MAX);
@@ -284,11 +307,17 @@ mod tests {
     fn runs_are_bounded_by_segments_and_bytes_and_gso_off_sends_singles() {
         let many: Vec<Transmit> = (0..100).map(|_| transmit(1, 1000)).collect();
         let r = runs(&many, MAX_SEGMENTS);
-        // 65 datagrams of 1000 bytes would pass 65,000 bytes: 64 is the limit here.
+        // 64 segments at most...
         assert_eq!(r[0], 0..64);
         assert_eq!(r[1], 64..100);
         let big: Vec<Transmit> = (0..100).map(|_| transmit(1, 1400)).collect();
-        assert_eq!(runs(&big, MAX_SEGMENTS)[0], 0..46); // 46 × 1400 ≤ 65,000
+        // ...and 65,000 bytes: 46 × 1400 fit, 47 do not.
+        assert_eq!(runs(&big, MAX_SEGMENTS)[0], 0..46);
+        // Another source is another run, even to the same destination.
+        let mut other_source = transmit(1, 1000);
+        other_source.source = SocketAddr::from(([127, 0, 0, 1], 5001));
+        let mixed = [transmit(1, 1000), other_source, transmit(1, 1000)];
+        assert_eq!(runs(&mixed, MAX_SEGMENTS), vec![0..1, 1..2, 2..3]);
         assert_eq!(runs(&many[..3], 1), vec![0..1, 1..2, 2..3]);
         assert!(runs(&[], MAX_SEGMENTS).is_empty());
     }
@@ -316,22 +345,72 @@ mod tests {
         ];
         let all = messages(&pending, 0, MAX_SEGMENTS).collect::<Vec<_>>();
         assert_eq!(all, vec![0..4]);
-        let sent = send_messages(sender.as_raw_fd(), &pending, &all);
-        match sent {
-            Ok(n) => assert_eq!(n, 1),
-            // A kernel without UDP GSO: the shard falls back to single datagrams.
-            Err(e) if refuses_segmentation(&e) => {
-                eprintln!("this kernel has no UDP GSO ({e}): nothing to check");
-                return;
-            }
-            Err(e) => panic!("sendmmsg: {e}"),
-        }
+        // Linux has had UDP GSO since 4.18: a refusal here is a malformed message.
+        let sent = send_messages(sender.as_raw_fd(), &pending, &all).expect("sendmmsg");
+        assert_eq!(sent, 1);
         let mut buf = [0u8; 2048];
         for (len, fill) in [(1200, 1), (1200, 2), (1200, 3), (500, 4)] {
             let (n, source) = receiver.recv_from(&mut buf).expect("a datagram");
             assert_eq!(source, from);
             assert_eq!(n, len);
             assert!(buf[..n].iter().all(|b| *b == fill));
+        }
+    }
+
+    #[test]
+    fn a_flush_sends_every_datagram_in_order_and_counts_them() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let config = crate::config::MediaConfig {
+            udp_port_min: 0,
+            udp_port_max: 0,
+            ..Default::default()
+        };
+        let sockets = ShardSockets::bind(&config, 0, &[ip]).expect("bind the shard");
+        let from = sockets.local_addrs[0];
+        let receivers: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| {
+                let r = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                r.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .expect("timeout");
+                r
+            })
+            .collect();
+        let to = |i: usize| receivers[i].local_addr().expect("addr");
+        let datagram = |i: usize, len: usize, fill: u8| Transmit {
+            proto: Protocol::Udp,
+            source: from,
+            destination: to(i),
+            contents: vec![fill; len].into(),
+        };
+        // A keyframe's run to viewer 0, one packet to viewer 1, then viewer 0's audio.
+        let plan = [
+            (0, 1200, 1),
+            (0, 1200, 2),
+            (0, 1200, 3),
+            (0, 500, 4),
+            (1, 300, 5),
+            (0, 90, 6),
+        ];
+        let mut batch = SendBatch::new();
+        for (i, len, fill) in plan {
+            batch.push(datagram(i, len, fill));
+        }
+        let sent = batch.flush(&sockets);
+        let bytes: usize = plan.iter().map(|(_, len, _)| len).sum();
+        assert_eq!(
+            sent,
+            Sent {
+                datagrams: 6,
+                bytes: bytes as u64,
+                failed: 0
+            }
+        );
+        assert_eq!(batch.len(), 0);
+        let mut buf = [0u8; 2048];
+        for (i, len, fill) in plan {
+            let (n, source) = receivers[i].recv_from(&mut buf).expect("a datagram");
+            assert_eq!((n, source), (len, from));
+            assert!(buf[..n].iter().all(|b| *b == fill), "datagram {fill}");
         }
     }
 }
