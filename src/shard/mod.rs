@@ -16,6 +16,7 @@
 mod command;
 pub mod demux;
 mod handle;
+mod receive;
 mod send;
 mod socket;
 mod timers;
@@ -41,6 +42,7 @@ pub use command::{AcceptRequest, Command, CommandClass, PatchOutcome, DELETED_BY
 use demux::{Demux, DropReason, Route};
 use handle::{AliveGuard, Shared};
 pub use handle::{ShardHandle, MEDIA_LIMIT, REQUEST_LIMIT};
+use receive::{RecvBatch, Segment};
 use send::SendBatch;
 pub use socket::default_bind_ips;
 use socket::ShardSockets;
@@ -81,6 +83,7 @@ pub struct Shard {
     index: usize,
     poll: Poll,
     sockets: ShardSockets,
+    receive: RecvBatch,
     rx: Receiver<Command>,
     shared: Arc<Shared>,
     settings: PeerSettings,
@@ -104,6 +107,7 @@ impl Shard {
             poll.registry()
                 .register(socket, Token(i), Interest::READABLE)?;
         }
+        let receive = RecvBatch::new(&sockets)?;
         // Unbounded as a channel; bounded by what each command may do when it is
         // full (handle.rs).
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -121,6 +125,7 @@ impl Shard {
             index,
             poll,
             sockets,
+            receive,
             rx,
             shared: shared.clone(),
             settings,
@@ -163,6 +168,7 @@ impl Shard {
                     index,
                     poll: self.poll,
                     sockets: self.sockets,
+                    receive: self.receive,
                     rx: self.rx,
                     shared: self.shared,
                     shards,
@@ -180,7 +186,6 @@ impl Shard {
                     events: Vec::new(),
                     due: Vec::new(),
                     outbox: vec![Vec::new(); shard_count],
-                    buf: vec![0; 2048],
                     replaying: Vec::new(),
                     last_pace: Instant::now(),
                     sends: SendBatch::new(),
@@ -224,7 +229,8 @@ struct ShardLoop {
     due: Vec<PeerKey>,
     /// Packets for other shards, sent once per loop turn as one batch each.
     outbox: Vec<Vec<Arc<MediaPacket>>>,
-    buf: Vec<u8>,
+    /// The datagrams of the last read, many per system call.
+    receive: RecvBatch,
     /// Viewers with a keyframe-cache replay still going out.
     replaying: Vec<PeerKey>,
     last_pace: Instant,
@@ -441,21 +447,24 @@ impl ShardLoop {
         more
     }
 
-    /// Reads up to [`READ_BUDGET`] datagrams, adding their sizes to `bytes`.
+    /// Reads up to [`READ_BUDGET`] datagrams (in batches), adding their sizes to
+    /// `bytes`.
     fn read_datagrams(&mut self, socket_index: usize, bytes: &mut u64) -> bool {
         let mut errors = 0;
-        for _ in 0..READ_BUDGET {
-            let Some(socket) = self.sockets.sockets.get(socket_index) else {
-                return false;
-            };
-            match socket.recv_from(&mut self.buf) {
-                Ok((len, source)) => {
-                    *bytes += len as u64;
-                    self.guarded("datagram", None, |s| {
-                        s.on_datagram(socket_index, source, len)
-                    });
+        let mut read = 0;
+        while read < READ_BUDGET {
+            match self.receive.receive(&self.sockets, socket_index) {
+                Ok(datagrams) => {
+                    read += datagrams.len().max(1);
+                    for (source, segment) in datagrams {
+                        *bytes += segment.bytes.len() as u64;
+                        self.guarded("datagram", None, |s| {
+                            s.on_datagram(socket_index, source, segment)
+                        });
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::NotFound => return false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not fatal.
                     errors += 1;
@@ -469,8 +478,8 @@ impl ShardLoop {
         true
     }
 
-    fn on_datagram(&mut self, socket_index: usize, source: SocketAddr, len: usize) {
-        let data = &self.buf[..len];
+    fn on_datagram(&mut self, socket_index: usize, source: SocketAddr, segment: Segment) {
+        let data = self.receive.bytes(&segment);
         let path = (source, socket_index);
         let (key, stun) = match self.demux.route(data, path) {
             Route::Stun(key) => (key, true),
@@ -479,7 +488,7 @@ impl ShardLoop {
         };
         let kind = demux::kind_of(data);
         self.guarded("datagram", Some(key), |s| {
-            s.on_session_datagram(key, socket_index, source, len, stun, kind)
+            s.on_session_datagram(key, socket_index, source, segment, stun, kind)
         });
     }
 
@@ -488,12 +497,12 @@ impl ShardLoop {
         key: PeerKey,
         socket_index: usize,
         source: SocketAddr,
-        len: usize,
+        segment: Segment,
         stun: bool,
         kind: demux::Kind,
     ) {
         let now = Instant::now();
-        let data = &self.buf[..len];
+        let data = self.receive.bytes(&segment);
         let Some(peer) = self.peers.get_mut(&key) else {
             return self.dropped(DropReason::UnknownSource);
         };

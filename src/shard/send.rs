@@ -7,8 +7,10 @@
 //! 4.18+): consecutive datagrams to one destination, all but the last of one size.
 //! The network stack is then walked once per message instead of once per datagram,
 //! and what leaves is the same datagrams. If the kernel has no GSO, the shard sends
-//! one datagram per message from then on; a segmented message that is too large for
-//! its path (a lowered path MTU) goes again as single datagrams, which may fragment.
+//! one datagram per message from then on; a segmented message the kernel finds too
+//! large goes again as single datagrams. (The sockets do not fragment: quinn-udp,
+//! which reads them, sets `IP_PMTUDISC_PROBE`; str0m's datagrams stay under ~1,200
+//! bytes.)
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -139,8 +141,8 @@ fn has_no_segmentation(e: &std::io::Error) -> bool {
 }
 
 /// The errors with which the kernel refuses a segmented message whose segments do
-/// not fit the path MTU (EINVAL on older kernels, EMSGSIZE on newer ones); sent one by
-/// one, the datagrams are fragmented as they would have been without GSO.
+/// not fit the MTU (EINVAL on older kernels, EMSGSIZE on newer ones): sent one by
+/// one, each datagram gets its own answer.
 fn too_large_for_its_path(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EMSGSIZE))
 }
