@@ -67,7 +67,8 @@ const REPLAY_PACKETS_PER_SECOND: f64 = 4000.0;
 /// How often the loop wakes while a replay is going out.
 const REPLAY_TICK: Duration = Duration::from_millis(2);
 /// Datagrams read from one socket per loop turn: a flood on one port cannot
-/// starve commands, timers and the other sockets.
+/// starve commands, timers and the other sockets. (Reads stop once it is reached;
+/// the last batch may pass it, by at most 16 buffers of GRO-coalesced datagrams.)
 const READ_BUDGET: usize = 256;
 /// Why a session whose offer's HTTP request stopped waiting is ended.
 const OFFER_GAVE_UP: &str = "the offer's HTTP request gave up waiting";
@@ -454,13 +455,18 @@ impl ShardLoop {
         let mut read = 0;
         while read < READ_BUDGET {
             match self.receive.receive(&self.sockets, socket_index) {
-                Ok(datagrams) => {
+                Ok((datagrams, drained)) => {
                     read += datagrams.len().max(1);
                     for (source, segment) in datagrams {
                         *bytes += segment.bytes.len() as u64;
                         self.guarded("datagram", None, |s| {
                             s.on_datagram(socket_index, source, segment)
                         });
+                    }
+                    if drained {
+                        // Edge-triggered: the next datagram raises a new event, so
+                        // the call that would only say WouldBlock is saved.
+                        return false;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,

@@ -33,12 +33,23 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     /// Prepares every socket of the shard (quinn-udp sets the options it reads
-    /// with: packet info, GRO where there is one).
+    /// with: packet info, GRO where there is one, no fragmentation).
     pub fn new(sockets: &ShardSockets) -> io::Result<Self> {
         let states = sockets
             .sockets
             .iter()
-            .map(|socket| UdpSocketState::new(socket.into()))
+            .map(|socket| {
+                let state = UdpSocketState::new(socket.into())?;
+                // quinn-udp asks for kernel receive timestamps, which nothing here
+                // reads: each would cost a control message per datagram (and turns
+                // timestamping on for the whole host).
+                let _ = nix::sys::socket::setsockopt(
+                    socket,
+                    nix::sys::socket::sockopt::ReceiveTimestampns,
+                    &false,
+                );
+                Ok(state)
+            })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(RecvBatch {
             states,
@@ -49,13 +60,14 @@ impl RecvBatch {
         })
     }
 
-    /// Receives what socket `index` has, up to a batch; the datagrams of the last
-    /// call, with their sources, until the next. `WouldBlock` when there is none.
+    /// Receives what socket `index` has, up to a batch: its datagrams with their
+    /// sources (their bytes stay until the next call), and whether the socket is
+    /// drained (the batch was not full). `WouldBlock` when there is none.
     pub fn receive(
         &mut self,
         sockets: &ShardSockets,
         index: usize,
-    ) -> io::Result<Vec<(SocketAddr, Segment)>> {
+    ) -> io::Result<(Vec<(SocketAddr, Segment)>, bool)> {
         let (Some(socket), Some(state)) = (sockets.sockets.get(index), self.states.get(index))
         else {
             return Err(io::ErrorKind::NotFound.into());
@@ -66,14 +78,16 @@ impl RecvBatch {
             .map(|b| IoSliceMut::new(&mut b[..]))
             .collect();
         let messages = state.recv(socket.into(), &mut slices, &mut self.meta)?;
-        Ok(self.meta[..messages]
+        let drained = messages < slices.len();
+        let datagrams = self.meta[..messages]
             .iter()
             .enumerate()
             .flat_map(|(buffer, meta)| {
                 split(meta.len, meta.stride)
                     .map(move |bytes| (meta.addr, Segment { buffer, bytes }))
             })
-            .collect())
+            .collect();
+        Ok((datagrams, drained))
     }
 
     /// The bytes of `segment` from the last receive.
@@ -144,7 +158,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while got.len() < plan.len() && std::time::Instant::now() < deadline {
             match batch.receive(&sockets, 0) {
-                Ok(datagrams) => got.extend(
+                Ok((datagrams, _)) => got.extend(
                     datagrams
                         .into_iter()
                         .map(|(source, segment)| (source, batch.bytes(&segment).to_vec())),
@@ -171,5 +185,57 @@ mod tests {
         assert!(
             matches!(batch.receive(&sockets, 0), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         );
+    }
+
+    #[test]
+    fn a_segmented_burst_arrives_as_its_datagrams() {
+        use std::os::fd::AsRawFd;
+        let config = crate::config::MediaConfig {
+            udp_port_min: 0,
+            udp_port_max: 0,
+            ..Default::default()
+        };
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let sockets = ShardSockets::bind(&config, 0, &[ip]).expect("bind the shard");
+        let mut batch = RecvBatch::new(&sockets).expect("prepare");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let from = sender.local_addr().expect("addr");
+        let sizes = [(1200, 1u8), (1200, 2), (1200, 3), (500, 4)];
+        let burst: Vec<str0m::net::Transmit> = sizes
+            .iter()
+            .map(|(len, fill)| str0m::net::Transmit {
+                proto: str0m::net::Protocol::Udp,
+                source: from,
+                destination: sockets.local_addrs[0],
+                contents: vec![*fill; *len].into(),
+            })
+            .collect();
+        // One UDP GSO message: on loopback a GRO socket gets it whole, with its
+        // stride; without GRO the kernel splits it first. The same four either way.
+        let one_message = [Range {
+            start: 0,
+            end: burst.len(),
+        }];
+        let sent = super::super::send::send_messages(sender.as_raw_fd(), &burst, &one_message)
+            .expect("sendmmsg");
+        assert_eq!(sent, 1);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < sizes.len() && std::time::Instant::now() < deadline {
+            match batch.receive(&sockets, 0) {
+                Ok((datagrams, _)) => got.extend(
+                    datagrams
+                        .into_iter()
+                        .map(|(source, segment)| (source, batch.bytes(&segment).to_vec())),
+                ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("receive: {e}"),
+            }
+        }
+        let expected: Vec<(SocketAddr, Vec<u8>)> = sizes
+            .iter()
+            .map(|(len, fill)| (from, vec![*fill; *len]))
+            .collect();
+        assert_eq!(got, expected);
     }
 }

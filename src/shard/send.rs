@@ -186,7 +186,7 @@ const CONTROL_WORDS: usize = 4;
 /// One `sendmmsg` call for `messages` (ranges of `pending`); returns how many
 /// messages the kernel took. (nix's wrapper only reports the count through an
 /// iterator meant for `recvmmsg` results, so the call is made here directly.)
-fn send_messages(
+pub(super) fn send_messages(
     fd: RawFd,
     pending: &[Transmit],
     messages: &[Range<usize>],
