@@ -32,8 +32,6 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use str0m::config::CryptoProvider;
-
 use switchboard::config::Config;
 use switchboard::load::{
     self,
@@ -87,6 +85,8 @@ struct Row {
     delivered_video: u64,
     delivered_audio: u64,
     expected: u64,
+    /// Distinct sequence numbers that arrived (duplicates left out).
+    received: u64,
     forwarded_metric: u64,
     published: u64,
     plis: u64,
@@ -112,7 +112,7 @@ impl Row {
         if self.expected == 0 {
             return 0.0;
         }
-        self.expected.saturating_sub(self.delivered) as f64 / self.expected as f64
+        self.expected.saturating_sub(self.received) as f64 / self.expected as f64
     }
 
     fn cores(&self, us: f64) -> f64 {
@@ -144,9 +144,6 @@ fn main() -> ExitCode {
         SMOKE_DEADLINE
     };
     spawn_watchdog(deadline);
-    if CryptoProvider::get_default().is_none() {
-        switchboard::crypto::install();
-    }
 
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -351,6 +348,8 @@ fn measure(plan: Plan, http_addr: SocketAddr) -> Result<Row, String> {
     row.delivered_audio = v1.counts.audio;
     row.delivered = row.delivered_video + row.delivered_audio;
     row.expected = v1.counts.expected();
+    // What arrived by sequence number (a duplicate is not a delivery).
+    row.received = v1.counts.received();
     let failed = v1.failed.len();
 
     let delta = cpu_delta(&cpu0, &cpu1);
@@ -570,7 +569,6 @@ fn print_table(rows: &[Row], bench: bool) {
          server CPU = threads shard-N + http (utime+stime, {} Hz ticks). RSS is the whole \
          process's: the server's peers and the clients' Rtcs.",
         rows.first().map(|r| r.host_cpus).unwrap_or(0),
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
+        proc::clock_ticks(),
     );
 }

@@ -420,6 +420,18 @@ pub fn media_payload(data: &[u8]) -> Option<crate::router::resolution::Resolutio
 // Conferences: the pin API's body, and the slot policy's table.
 // ---------------------------------------------------------------------------
 
+/// The conference fuzz target: the first byte picks the pin API's body (even) or
+/// the slot policy's table (odd) for the rest.
+pub fn conference(data: &[u8]) {
+    match data.split_first() {
+        Some((selector, rest)) if selector % 2 == 0 => {
+            let _ = pins_body(rest);
+        }
+        Some((_, rest)) => slot_policy(rest),
+        None => {}
+    }
+}
+
 /// A `PUT /whep/{room}/{session}/pins` body: the pins in force, or the 400's
 /// reason. A list is never longer than the cap, nor holds an identity twice.
 pub fn pins_body(data: &[u8]) -> Result<usize, String> {

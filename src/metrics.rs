@@ -370,7 +370,7 @@ impl Metrics {
     /// set of label values, at zero: a dashboard's rate() finds them before the
     /// first event (and `absent()` means a renamed metric, not a quiet server).
     fn with_every_label(self) -> Self {
-        for kind in ["audio", "video"] {
+        for kind in KINDS.map(kind_label) {
             for family in [
                 &self.packets_in,
                 &self.bytes_in,
@@ -426,16 +426,19 @@ const PANIC_STEPS: [&str; 9] = [
 #[derive(Clone)]
 pub struct ByKind([IntCounter; 2]);
 
+/// The media kinds, in [`ByKind`]'s order.
+const KINDS: [str0m::media::MediaKind; 2] = [
+    str0m::media::MediaKind::Audio,
+    str0m::media::MediaKind::Video,
+];
+
 impl ByKind {
     pub fn new(family: &IntCounterVec) -> Self {
-        ByKind(["audio", "video"].map(|kind| family.with_label_values(&[kind])))
+        ByKind(KINDS.map(|kind| family.with_label_values(&[kind_label(kind)])))
     }
 
     pub fn get(&self, kind: str0m::media::MediaKind) -> &IntCounter {
-        match kind {
-            str0m::media::MediaKind::Audio => &self.0[0],
-            str0m::media::MediaKind::Video => &self.0[1],
-        }
+        &self.0[usize::from(kind == str0m::media::MediaKind::Video)]
     }
 }
 

@@ -144,8 +144,8 @@ impl Registry {
     /// participant publishes once per room: with `replace` (an authenticated
     /// identity), its older publishing sessions lose their seats and are returned
     /// for the caller to end (a client that reconnects replaces its stale session
-    /// at once; an offer of them still being accepted is dropped by its shard,
-    /// whose seat is gone); without, the new one is refused.
+    /// at once; an offer of them still being accepted is dropped by its shard if
+    /// the shard has not checked its seat yet); without, the new one is refused.
     pub fn claim_publisher(
         &self,
         room: &RoomId,

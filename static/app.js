@@ -133,7 +133,7 @@
   }
 
   // Shared with the conference view (conference.js).
-  window.switchboardPage = { authHeaders, waitForIceGathering, describeFailure };
+  window.switchboardPage = { authHeaders, waitForIceGathering, describeFailure, mediaErrorText };
 
   // ---------- trickle ICE (RFC 8840 sdpfrag over PATCH) ----------
 

@@ -4,7 +4,8 @@
 // WHEP session's data channel. Plain WHIP/WHEP: no renegotiation, no custom signaling.
 //
 // URL parameters: ?view=conference&room=NAME&name=NAME&token=JWT&tiles=N&autostart=1
-// For tests: window.conference = { state, lastError, identity, tiles(), messages, send(text), join(), leave() }.
+// For tests: window.conference = { state, lastError, identity, tiles(), messages, activeSpeaker,
+// publishPc, viewPc, send(text), join(), leave() }.
 'use strict';
 
 (() => {
@@ -23,7 +24,7 @@
   const conf = (window.conference = {
     state: 'idle', // idle | joining | joined | left | error
     lastError: null,
-    identity: null,
+    identity: null, // the name given (with a token, the server uses the token's identity)
     messages: [], // { from, name, text } received, and { from: 'me', text } sent
     activeSpeaker: null,
     tiles: () => tiles.map((t) => ({ mid: t.mid, participant: t.participant, name: t.name })),
@@ -52,7 +53,7 @@
 
   // The publish/watch page's helpers (app.js, loaded first): one way to send a
   // token, wait for ICE gathering and read a failed response.
-  const { authHeaders, waitForIceGathering, describeFailure } = window.switchboardPage;
+  const { authHeaders, waitForIceGathering, describeFailure, mediaErrorText } = window.switchboardPage;
 
   // POSTs the offer of `pc` to `path`; resolves the session's absolute URL once answered.
   async function negotiate(pc, path, token, what) {
@@ -135,7 +136,7 @@
       try {
         stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: 640 }, height: { ideal: 360 } } });
       } catch (err) {
-        throw new Error(`Cannot open camera/microphone: ${err.message || err.name}`);
+        throw new Error(mediaErrorText(err));
       }
       c.stream = stream;
       $('conf-local').srcObject = stream;

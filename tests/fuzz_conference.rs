@@ -8,17 +8,7 @@ mod support;
 use std::path::Path;
 
 use support::rng::Rng;
-use switchboard::fuzzing::{pins_body, slot_policy};
-
-fn run(data: &[u8]) {
-    match data.split_first() {
-        Some((selector, rest)) if selector % 2 == 0 => {
-            let _ = pins_body(rest);
-        }
-        Some((_, rest)) => slot_policy(rest),
-        None => {}
-    }
-}
+use switchboard::fuzzing::{conference as run, pins_body, slot_policy};
 
 #[test]
 fn crafted_pin_bodies_are_answered_not_panicked_on() {

@@ -5,12 +5,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    match data.split_first() {
-        Some((selector, rest)) if selector % 2 == 0 => {
-            let _ = switchboard::fuzzing::pins_body(rest);
-        }
-        Some((_, rest)) => switchboard::fuzzing::slot_policy(rest),
-        None => {}
-    }
-});
+fuzz_target!(|data: &[u8]| switchboard::fuzzing::conference(data));

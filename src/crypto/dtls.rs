@@ -167,9 +167,10 @@ impl OpensslDtls {
 
     /// Takes what OpenSSL wrote into its pipe (see `outgoing`).
     fn collect_outgoing(&mut self) {
-        if let Some(stream) = self.stream_mut() {
-            let written = std::mem::take(&mut stream.get_mut().to_send);
-            self.outgoing.extend(written);
+        if let Stage::Listening(stream) | Stage::Handshaking(stream) | Stage::Connected(stream) =
+            &mut self.stage
+        {
+            self.outgoing.append(&mut stream.get_mut().to_send);
         }
     }
 

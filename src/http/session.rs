@@ -416,7 +416,9 @@ async fn create_session(
     tracing::info!(session = %key, room = %room, role = role.as_str(), shard, participant = %participant.identity, "session created");
     for old in replaces {
         // The participant published again (a reconnect): its old session goes.
-        // One still being accepted is dropped by its shard (its seat is gone).
+        // One still being accepted is dropped by its shard if that has not checked
+        // the seat yet (a narrow window remains where it was checked but the
+        // session is not registered here yet: then it is not ended).
         if let Some(entry) = state.registry.session(old) {
             tracing::info!(session = %old, room = %room, participant = %participant.identity, "publisher replaced by the participant's new session");
             state.shards[entry.shard].send(Command::End {
@@ -555,16 +557,22 @@ async fn patch(
             }
         }
     }
-    let (reply, outcome) = oneshot::channel();
-    state.shards[entry.shard].send(Command::Patch {
-        key,
-        credentials: frag.ufrag.zip(frag.pwd),
-        candidates,
-        reply,
-    });
-    match tokio::time::timeout(SHARD_REPLY_TIMEOUT, outcome).await {
-        Ok(Ok(PatchOutcome::Trickled)) => {}
-        Ok(Ok(PatchOutcome::Restarted(fragment))) => {
+    let credentials = frag.ufrag.zip(frag.pwd);
+    let outcome = super::ask_shard(
+        state,
+        entry.shard,
+        |reply| Command::Patch {
+            key,
+            credentials,
+            candidates,
+            reply,
+        },
+        SHARD_REPLY_TIMEOUT,
+    )
+    .await;
+    match outcome {
+        Some(PatchOutcome::Trickled) => {}
+        Some(PatchOutcome::Restarted(fragment)) => {
             // The ETag names the ICE session (RFC 9725 §4.4): a restart starts a
             // new one, so a PATCH still naming the old one gets 412.
             let etag = new_etag();
@@ -580,11 +588,11 @@ async fn patch(
             insert_header(headers, header::ETAG, &etag);
             return Ok(response);
         }
-        Ok(Ok(PatchOutcome::Failed(e))) => {
+        Some(PatchOutcome::Failed(e)) => {
             return Err(Problem::bad_request(format!("ICE restart failed: {e}")))
         }
-        Ok(Ok(PatchOutcome::Gone)) => return Err(Problem::not_found("the session has ended")),
-        _ => return Err(Problem::shard_silent()),
+        Some(PatchOutcome::Gone) => return Err(Problem::not_found("the session has ended")),
+        None => return Err(Problem::shard_silent()),
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -147,7 +147,8 @@ impl Stream {
         }
     }
 
-    fn note(&mut self, seq: u64) {
+    /// Counts `seq`; false if it is a duplicate.
+    fn note(&mut self, seq: u64) -> bool {
         if seq > self.highest {
             let ahead = seq - self.highest;
             self.seen = if ahead < 128 {
@@ -157,18 +158,19 @@ impl Stream {
             };
             self.highest = seq;
             self.received += 1;
-            return;
+            return true;
         }
         let back = self.highest - seq;
         if back < 128 && self.seen & (1 << back) != 0 {
             self.duplicated += 1;
-            return;
+            return false;
         }
         if back < 128 {
             self.seen |= 1 << back;
         }
         self.received += 1;
         self.reordered += 1;
+        true
     }
 
     fn expected(&self) -> u64 {
@@ -210,7 +212,13 @@ const FRAME_WINDOW: usize = 32;
 
 impl Frames {
     fn note(&mut self, t: &Trailer) {
-        if let Some(open) = self.open.iter_mut().find(|(frame, ..)| *frame == t.frame) {
+        // The window holds consecutive frame numbers (skipped ones wait in it too),
+        // so a frame's place is its distance from the oldest.
+        let place = self
+            .open
+            .front()
+            .and_then(|(oldest, ..)| t.frame.checked_sub(*oldest));
+        if let Some(open) = place.and_then(|i| self.open.get_mut(i as usize)) {
             open.1 += 1;
             open.2 = t.count;
             return;
@@ -273,10 +281,13 @@ impl Viewer {
                     let ssrc = *p.header.ssrc;
                     let seq = *p.seq_no;
                     let audio = Some(p.header.payload_type) == self.audio_pt;
-                    match self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
+                    let new = match self.streams.iter_mut().find(|s| s.ssrc == ssrc) {
                         Some(s) => s.note(seq),
-                        None => self.streams.push(Stream::new(ssrc, audio, seq)),
-                    }
+                        None => {
+                            self.streams.push(Stream::new(ssrc, audio, seq));
+                            true
+                        }
+                    };
                     let Some(t) = Trailer::decode(&p.payload) else {
                         continue; // H264 parameter sets
                     };
@@ -289,7 +300,10 @@ impl Viewer {
                         if self.first_video.is_none() {
                             self.first_video = Some(self.started.elapsed());
                         }
-                        self.frames.note(&t);
+                        if new {
+                            // A duplicate does not make up for a lost packet.
+                            self.frames.note(&t);
+                        }
                     }
                 }
                 Ok(Output::Event(_)) => {}

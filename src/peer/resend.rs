@@ -18,9 +18,9 @@
 use std::time::Duration;
 
 /// Before a round trip is known, and the least ever.
-pub const MIN_AGE: Duration = Duration::from_secs(1);
+const MIN_AGE: Duration = Duration::from_secs(1);
 /// Never more (a packet this late is no longer played).
-pub const MAX_AGE: Duration = Duration::from_secs(2);
+const MAX_AGE: Duration = Duration::from_secs(2);
 /// Round trips a NACK may take: the first request and its retries.
 const ROUND_TRIPS: u32 = 4;
 /// Time on top: the receiver waits a little for reordered packets before it asks.
@@ -34,7 +34,7 @@ pub const MAX_PACKETS: usize = 2048;
 pub const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
 
 /// The age a viewer with this round trip needs.
-pub fn age_for(rtt: Duration) -> Duration {
+fn age_for(rtt: Duration) -> Duration {
     rtt.saturating_mul(ROUND_TRIPS)
         .saturating_add(MARGIN)
         .clamp(MIN_AGE, MAX_AGE)

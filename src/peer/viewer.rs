@@ -459,13 +459,10 @@ impl ViewerSide {
         let estimate = self
             .estimate_bps
             .map(|e| e.saturating_sub(AUDIO_SHARE_BPS) / video_shown);
-        if slot.next.as_ref().is_some_and(|n| n.track == packet.track) {
+        if let Some(next) = slot.next.as_mut().filter(|n| n.track == packet.track) {
             // A source switch of a video slot: it happens on the new track's
             // keyframe (of the layer chosen for the viewer), with the outgoing
             // numbering continuous, as a layer switch does.
-            let Some(next) = slot.next.as_mut() else {
-                return WriteOutcome::Skipped;
-            };
             let ready = if packet.layers.is_simulcast() {
                 let admit = next.admit(packet, estimate, self.preference, now);
                 self.keyframe_wishes.extend(admit.1);

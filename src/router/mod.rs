@@ -150,8 +150,8 @@ impl Router {
     }
 
     /// Every room this shard knows, for the periodic look at their sources.
-    pub fn rooms_mut(&mut self) -> impl Iterator<Item = (&RoomId, &mut LocalRoom)> {
-        self.rooms.iter_mut()
+    pub fn rooms_mut(&mut self) -> impl Iterator<Item = &mut LocalRoom> {
+        self.rooms.values_mut()
     }
 
     fn entry(&mut self, room: &RoomId) -> &mut LocalRoom {

@@ -130,7 +130,7 @@ impl RoomSources {
         kind: MediaKind,
         at: Instant,
     ) -> Observed {
-        if self.sources.iter().any(|s| s.track == track) {
+        if self.get(track).is_some() {
             return Observed::Known;
         }
         let Some(rank) = self.joined.iter().position(|p| *p == publisher) else {

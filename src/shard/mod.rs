@@ -170,6 +170,7 @@ impl Shard {
                     poll: self.poll,
                     sockets: self.sockets,
                     receive: self.receive,
+                    received: Vec::new(),
                     rx: self.rx,
                     shared: self.shared,
                     shards,
@@ -232,6 +233,8 @@ struct ShardLoop {
     outbox: Vec<Vec<Arc<MediaPacket>>>,
     /// The datagrams of the last read, many per system call.
     receive: RecvBatch,
+    /// Where each datagram of the last read lies in `receive`'s buffers.
+    received: Vec<(SocketAddr, Segment)>,
     /// Viewers with a keyframe-cache replay still going out.
     replaying: Vec<PeerKey>,
     last_pace: Instant,
@@ -440,25 +443,27 @@ impl ShardLoop {
 
     // ---- network input -------------------------------------------------------
 
-    /// Reads up to [`READ_BUDGET`] datagrams; true if the socket may have more.
+    /// Reads up to [`READ_BUDGET`] datagrams, in batches; true if the socket may
+    /// have more.
     fn read_socket(&mut self, socket_index: usize) -> bool {
         let mut bytes = 0;
-        let more = self.read_datagrams(socket_index, &mut bytes);
-        self.metrics.udp_bytes_received.inc_by(bytes);
-        more
-    }
-
-    /// Reads up to [`READ_BUDGET`] datagrams (in batches), adding their sizes to
-    /// `bytes`.
-    fn read_datagrams(&mut self, socket_index: usize, bytes: &mut u64) -> bool {
         let mut errors = 0;
         let mut read = 0;
-        while read < READ_BUDGET {
-            match self.receive.receive(&self.sockets, socket_index) {
-                Ok((datagrams, drained)) => {
+        // The list is kept between calls (no allocation per read), out of `self`
+        // while its datagrams are handled.
+        let mut datagrams = std::mem::take(&mut self.received);
+        let more = loop {
+            if read >= READ_BUDGET {
+                break true;
+            }
+            match self
+                .receive
+                .receive(&self.sockets, socket_index, &mut datagrams)
+            {
+                Ok(drained) => {
                     read += datagrams.len().max(1);
-                    for (source, segment) in datagrams {
-                        *bytes += segment.bytes.len() as u64;
+                    for (source, segment) in datagrams.drain(..) {
+                        bytes += segment.bytes.len() as u64;
                         self.guarded("datagram", None, |s| {
                             s.on_datagram(socket_index, source, segment)
                         });
@@ -466,22 +471,24 @@ impl ShardLoop {
                     if drained {
                         // Edge-triggered: the next datagram raises a new event, so
                         // the call that would only say WouldBlock is saved.
-                        return false;
+                        break false;
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::NotFound => return false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::NotFound => break false,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not fatal.
                     errors += 1;
                     tracing::trace!(error = %e, "recv error");
                     if errors > 64 {
-                        return true;
+                        break true;
                     }
                 }
             }
-        }
-        true
+        };
+        self.received = datagrams;
+        self.metrics.udp_bytes_received.inc_by(bytes);
+        more
     }
 
     fn on_datagram(&mut self, socket_index: usize, source: SocketAddr, segment: Segment) {
@@ -1306,7 +1313,7 @@ impl ShardLoop {
     /// Every [`sources::TICK`]: the rooms' loudness, muted tracks and speakers
     /// are brought up to date, and where they changed, the slots and events.
     fn tick_sources(&mut self, now: Instant) {
-        for (_, room) in self.router.rooms_mut() {
+        for room in self.router.rooms_mut() {
             if room.sources.is_empty() {
                 continue;
             }

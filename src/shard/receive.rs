@@ -27,7 +27,7 @@ pub struct Segment {
 pub struct RecvBatch {
     /// quinn-udp's state for each of the shard's sockets, in their order.
     states: Vec<UdpSocketState>,
-    pub buffers: Vec<Box<[u8]>>,
+    buffers: Vec<Box<[u8]>>,
     meta: Vec<RecvMeta>,
 }
 
@@ -60,34 +60,36 @@ impl RecvBatch {
         })
     }
 
-    /// Receives what socket `index` has, up to a batch: its datagrams with their
-    /// sources (their bytes stay until the next call), and whether the socket is
-    /// drained (the batch was not full). `WouldBlock` when there is none.
+    /// Receives what socket `index` has, up to a batch, into `datagrams` (emptied
+    /// first): each with its source, its bytes staying until the next call. True
+    /// when the socket is drained (the batch was not full). `WouldBlock` when there
+    /// is none.
     pub fn receive(
         &mut self,
         sockets: &ShardSockets,
         index: usize,
-    ) -> io::Result<(Vec<(SocketAddr, Segment)>, bool)> {
+        datagrams: &mut Vec<(SocketAddr, Segment)>,
+    ) -> io::Result<bool> {
+        datagrams.clear();
         let (Some(socket), Some(state)) = (sockets.sockets.get(index), self.states.get(index))
         else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let mut slices: Vec<IoSliceMut<'_>> = self
-            .buffers
-            .iter_mut()
-            .map(|b| IoSliceMut::new(&mut b[..]))
-            .collect();
+        let mut buffers = self.buffers.iter_mut();
+        let mut slices: [IoSliceMut<'_>; BATCH] = std::array::from_fn(|_| {
+            IoSliceMut::new(buffers.next().map_or(&mut [][..], |b| &mut b[..]))
+        });
         let messages = state.recv(socket.into(), &mut slices, &mut self.meta)?;
-        let drained = messages < slices.len();
-        let datagrams = self.meta[..messages]
-            .iter()
-            .enumerate()
-            .flat_map(|(buffer, meta)| {
-                split(meta.len, meta.stride)
-                    .map(move |bytes| (meta.addr, Segment { buffer, bytes }))
-            })
-            .collect();
-        Ok((datagrams, drained))
+        datagrams.extend(
+            self.meta[..messages]
+                .iter()
+                .enumerate()
+                .flat_map(|(buffer, meta)| {
+                    split(meta.len, meta.stride)
+                        .map(move |bytes| (meta.addr, Segment { buffer, bytes }))
+                }),
+        );
+        Ok(messages < BATCH)
     }
 
     /// The bytes of `segment` from the last receive.
@@ -113,6 +115,30 @@ fn split(len: usize, stride: usize) -> impl Iterator<Item = Range<usize>> {
 mod tests {
     use super::*;
 
+    /// Receives on the shard's first socket until `count` datagrams came, or 2 s
+    /// passed: each with its source and bytes.
+    fn receive_at_least(
+        batch: &mut RecvBatch,
+        sockets: &ShardSockets,
+        count: usize,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let mut datagrams = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < count && std::time::Instant::now() < deadline {
+            match batch.receive(sockets, 0, &mut datagrams) {
+                Ok(_) => got.extend(
+                    datagrams
+                        .iter()
+                        .map(|(source, segment)| (*source, batch.bytes(segment).to_vec())),
+                ),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("receive: {e}"),
+            }
+        }
+        got
+    }
+
     #[test]
     fn a_coalesced_buffer_splits_at_its_stride() {
         assert_eq!(
@@ -131,13 +157,7 @@ mod tests {
 
     #[test]
     fn a_batch_brings_several_datagrams_with_their_sources() {
-        let config = crate::config::MediaConfig {
-            udp_port_min: 0,
-            udp_port_max: 0,
-            ..Default::default()
-        };
-        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let sockets = ShardSockets::bind(&config, 0, &[ip]).expect("bind the shard");
+        let sockets = ShardSockets::loopback();
         let mut batch = RecvBatch::new(&sockets).expect("prepare");
         let to = sockets.local_addrs[0];
         let senders: Vec<std::net::UdpSocket> = (0..2)
@@ -154,19 +174,7 @@ mod tests {
         for (from, len, fill) in plan {
             senders[from].send_to(&vec![fill; len], to).expect("send");
         }
-        let mut got: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while got.len() < plan.len() && std::time::Instant::now() < deadline {
-            match batch.receive(&sockets, 0) {
-                Ok((datagrams, _)) => got.extend(
-                    datagrams
-                        .into_iter()
-                        .map(|(source, segment)| (source, batch.bytes(&segment).to_vec())),
-                ),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("receive: {e}"),
-            }
-        }
+        let got = receive_at_least(&mut batch, &sockets, plan.len());
         // Each sender's datagrams in order, whole, from the right address.
         for (i, sender) in senders.iter().enumerate() {
             let from = sender.local_addr().expect("addr");
@@ -182,21 +190,16 @@ mod tests {
                 .collect();
             assert_eq!(mine, sent.iter().collect::<Vec<_>>(), "from sender {i}");
         }
+        let mut more = Vec::new();
         assert!(
-            matches!(batch.receive(&sockets, 0), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            matches!(batch.receive(&sockets, 0, &mut more), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         );
     }
 
     #[test]
     fn a_segmented_burst_arrives_as_its_datagrams() {
         use std::os::fd::AsRawFd;
-        let config = crate::config::MediaConfig {
-            udp_port_min: 0,
-            udp_port_max: 0,
-            ..Default::default()
-        };
-        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let sockets = ShardSockets::bind(&config, 0, &[ip]).expect("bind the shard");
+        let sockets = ShardSockets::loopback();
         let mut batch = RecvBatch::new(&sockets).expect("prepare");
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let from = sender.local_addr().expect("addr");
@@ -219,19 +222,7 @@ mod tests {
         let sent = super::super::send::send_messages(sender.as_raw_fd(), &burst, &one_message)
             .expect("sendmmsg");
         assert_eq!(sent, 1);
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while got.len() < sizes.len() && std::time::Instant::now() < deadline {
-            match batch.receive(&sockets, 0) {
-                Ok((datagrams, _)) => got.extend(
-                    datagrams
-                        .into_iter()
-                        .map(|(source, segment)| (source, batch.bytes(&segment).to_vec())),
-                ),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("receive: {e}"),
-            }
-        }
+        let got = receive_at_least(&mut batch, &sockets, sizes.len());
         let expected: Vec<(SocketAddr, Vec<u8>)> = sizes
             .iter()
             .map(|(len, fill)| (from, vec![*fill; *len]))

@@ -30,6 +30,8 @@ pub struct Sent {
 
 pub struct SendBatch {
     pending: Vec<Transmit>,
+    /// The messages of one `sendmmsg` call (ranges of `pending`), kept between calls.
+    messages: Vec<Range<usize>>,
     /// Whether segmented messages may be sent (until the kernel refuses one).
     gso: bool,
 }
@@ -47,6 +49,7 @@ impl SendBatch {
     pub fn new() -> Self {
         SendBatch {
             pending: Vec::with_capacity(256),
+            messages: Vec::with_capacity(Self::CHUNK),
             gso: cfg!(target_os = "linux"),
         }
     }
@@ -81,16 +84,17 @@ impl SendBatch {
             } else {
                 1
             };
-            let messages: Vec<Range<usize>> =
-                messages(&self.pending[..same_socket], start, max_segments)
-                    .take(Self::CHUNK)
-                    .collect();
+            let messages = &mut self.messages;
+            messages.clear();
+            messages.extend(
+                self::messages(&self.pending[..same_socket], start, max_segments).take(Self::CHUNK),
+            );
             let Some(socket) = sockets.sockets.get(socket_index) else {
                 sent.failed += (same_socket - start) as u64;
                 start = same_socket;
                 continue;
             };
-            match send_messages(socket.as_raw_fd(), &self.pending, &messages) {
+            match send_messages(socket.as_raw_fd(), &self.pending, messages) {
                 Ok(n) => {
                     // The kernel took `n` whole messages (at least one is counted as
                     // handled so a stubborn socket cannot stall the loop).
@@ -361,13 +365,7 @@ mod tests {
 
     #[test]
     fn a_flush_sends_every_datagram_in_order_and_counts_them() {
-        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
-        let config = crate::config::MediaConfig {
-            udp_port_min: 0,
-            udp_port_max: 0,
-            ..Default::default()
-        };
-        let sockets = ShardSockets::bind(&config, 0, &[ip]).expect("bind the shard");
+        let sockets = ShardSockets::loopback();
         let from = sockets.local_addrs[0];
         let receivers: Vec<std::net::UdpSocket> = (0..2)
             .map(|_| {

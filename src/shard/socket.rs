@@ -79,6 +79,17 @@ impl ShardSockets {
     pub fn index_of(&self, local: SocketAddr) -> Option<usize> {
         self.local_addrs.iter().position(|a| *a == local)
     }
+
+    /// One socket on 127.0.0.1, on a port the kernel picks (tests).
+    #[cfg(test)]
+    pub fn loopback() -> Self {
+        let config = MediaConfig {
+            udp_port_min: 0,
+            udp_port_max: 0,
+            ..Default::default()
+        };
+        Self::bind(&config, 0, &[IpAddr::from([127, 0, 0, 1])]).expect("bind on loopback")
+    }
 }
 
 /// The addresses to bind when none are configured: every interface address (IPv4,

@@ -531,8 +531,6 @@ impl Peer {
         let _ = self.commands.send(Command::RequestKeyframe(kind));
     }
 
-    /// Stops (or resumes) writing media; the connection stays up. Returns once the
-    /// peer thread has done it, so nothing is written after `pause(true)` returns.
     /// Sends audio at this RFC 6464 level (-127 silence to 0 loudest) from now on.
     pub fn set_audio_level(&self, level: i8) {
         let (tx, rx) = mpsc::channel();
@@ -541,6 +539,8 @@ impl Peer {
         }
     }
 
+    /// Stops (or resumes) writing media; the connection stays up. Returns once the
+    /// peer thread has done it, so nothing is written after `pause(true)` returns.
     pub fn pause(&self, paused: bool) {
         let (tx, rx) = mpsc::channel();
         if self.commands.send(Command::Pause(paused, tx)).is_ok() {
